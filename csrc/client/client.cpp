@@ -1,0 +1,533 @@
+#include "client.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "../common/bytes.hpp"
+#include "../common/crc32c.hpp"
+#include "../common/error.hpp"
+#include "../common/log.hpp"
+
+namespace memkv {
+
+using namespace wire;
+
+namespace {
+
+// One frame carries at most this many items / bytes, so a huge batch streams
+// as several frames spread over the pool's connections.
+constexpr size_t kFrameItems = 4096;
+constexpr uint64_t kFrameBytes = 64ull << 20;
+
+std::string hex(const uint8_t* p, size_t n) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    s += d[p[i] >> 4];
+    s += d[p[i] & 15];
+  }
+  return s;
+}
+
+[[noreturn]] void server_error(const std::string& what, const std::string& node, uint16_t st) {
+  fail(st == kKeyInvalid ? ErrorKind::KeyTooLong : ErrorKind::Server,
+       what + " failed on " + node + ": " + status_name(st));
+}
+
+// Receives `n` value bytes into dst and returns their CRC-32C.
+uint32_t recv_value(Session& s, void* dst, uint64_t n, int timeout_ms) {
+  uint32_t crc = 0;
+  if (n) s.sock().recv_exact(dst, n, timeout_ms, [&](const uint8_t* p, size_t m) { crc = crc32c(crc, p, m); });
+  return crc;
+}
+
+void discard(Session& s, uint64_t n, int timeout_ms) {
+  std::vector<uint8_t> scratch(static_cast<size_t>(std::min<uint64_t>(n, 1 << 20)));
+  while (n) {
+    size_t c = static_cast<size_t>(std::min<uint64_t>(n, scratch.size()));
+    s.sock().recv_exact(scratch.data(), c, timeout_ms);
+    n -= c;
+  }
+}
+
+}  // namespace
+
+Client::Client(ClientOptions opts) : opts_(std::move(opts)), router_([&] {
+  std::vector<std::string> names;
+  for (const ServerAddr& a : opts_.servers) names.push_back(a.name);
+  return names;
+}()) {
+  if (opts_.servers.empty()) fail(ErrorKind::Config, "no MemKV servers configured: set MEMKV_SERVERS=host:port[,host:port...]");
+  if (opts_.num_connections < 1) fail(ErrorKind::Config, "num_connections must be at least 1");
+  for (const ServerAddr& a : opts_.servers)
+    pools_.push_back(std::make_unique<ServerPool>(a, opts_.auth_key, opts_.num_connections, opts_.connect_timeout_ms,
+                                                  opts_.op_timeout_ms));
+}
+
+Client::~Client() = default;
+
+void Client::close() {
+  for (auto& p : pools_) p->close_idle();
+}
+
+void Client::check_key(std::string_view key) const {
+  if (key.empty()) fail(ErrorKind::KeyTooLong, "key is empty: MemKV keys are 1 to 512 bytes");
+  if (key.size() > kMaxKeyLen)
+    fail(ErrorKind::KeyTooLong, "key is " + std::to_string(key.size()) +
+                                    " bytes: MemKV keys are 1 to 512 bytes (digest longer keys, e.g. with SHA-256)");
+}
+
+// Runs fn on a pooled session; a reused connection that turns out to be
+// stale (the node restarted) is retried once on a fresh one. Every op is
+// idempotent, so the retry cannot apply anything twice.
+template <class Fn>
+auto Client::with_session(size_t server, Fn&& fn) -> decltype(fn(std::declval<Session&>())) {
+  ServerPool& pool = *pools_[server];
+  for (int attempt = 0;; ++attempt) {
+    ServerPool::Lease lease = pool.acquire();
+    try {
+      if constexpr (std::is_void_v<decltype(fn(*lease.session))>) {
+        fn(*lease.session);
+        pool.release(std::move(lease), true);
+        return;
+      } else {
+        auto r = fn(*lease.session);
+        pool.release(std::move(lease), true);
+        return r;
+      }
+    } catch (const Error& e) {
+      bool retry = e.kind() == ErrorKind::Connection && lease.reused && attempt == 0;
+      bool healthy = e.kind() == ErrorKind::Server || e.kind() == ErrorKind::KeyTooLong;
+      pool.release(std::move(lease), healthy);
+      if (!retry) throw;
+    } catch (...) {
+      pool.release(std::move(lease), false);
+      throw;
+    }
+  }
+}
+
+void Client::recv_response(Session& s, uint8_t op, FrameHeader* h, std::vector<uint8_t>* meta) {
+  if (!s.recv_frame(h, meta, opts_.op_timeout_ms, opts_.op_timeout_ms))
+    fail(ErrorKind::Connection, "connection to " + s.sock().peer() + " closed or timed out waiting for a reply");
+  if (h->op != op) fail(ErrorKind::Protocol, "reply from " + s.sock().peer() + " answers a different op");
+}
+
+void Client::put(std::string_view key, const void* data, uint64_t len) {
+  check_key(key);
+  size_t srv = route(key);
+  // The checksum is computed once, before the first attempt.
+  uint32_t crc = crc32c(0, data, len);
+  ByteWriter m;
+  m.key(key);
+  m.u64(len);
+  m.u32(crc);
+  m.u32(0);
+  with_session(srv, [&](Session& s) {
+    struct iovec iov {const_cast<void*>(data), len};
+    s.send_frame(kPut, 0, m.data(), &iov, 1, len, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kPut, &h, &meta);
+    if (h.status != kOk) {
+      if (h.status == kTooLarge)
+        fail(ErrorKind::Server, "put of " + std::to_string(len) + " bytes rejected by " + s.sock().peer() +
+                                    ": the node accepts values up to " + std::to_string(s.peer().max_value_bytes) +
+                                    " bytes (raise its --dram-capacity/--disk-capacity)");
+      server_error("put", s.sock().peer(), h.status);
+    }
+  });
+}
+
+int64_t Client::get_into(std::string_view key, void* buf, uint64_t cap) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  m.u64(0);
+  m.u64(cap);
+  return with_session(route(key), [&](Session& s) -> int64_t {
+    s.send_frame(kGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kGet, &h, &meta);
+    if (h.status == kNotFound) return kItemMissing;
+    if (h.status != kOk) server_error("get", s.sock().peer(), h.status);
+    ByteReader r(meta.data(), meta.size());
+    uint64_t size = r.u64();
+    r.u64();
+    uint32_t crc = r.u32();
+    if (h.data_len > cap) fail(ErrorKind::Protocol, "get reply longer than requested");
+    uint32_t got = recv_value(s, buf, h.data_len, opts_.op_timeout_ms);
+    if (got != crc)
+      fail(ErrorKind::Checksum, "value read from " + s.sock().peer() + " failed its checksum; the bytes were discarded");
+    if (size > cap)
+      fail(ErrorKind::Config, "buffer too small: the value is " + std::to_string(size) + " bytes, the buffer " +
+                                  std::to_string(cap));
+    return static_cast<int64_t>(size);
+  });
+}
+
+int64_t Client::get_alloc(std::string_view key, const std::function<uint8_t*(uint64_t)>& alloc) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  m.u64(0);
+  m.u64(kMissing);
+  return with_session(route(key), [&](Session& s) -> int64_t {
+    s.send_frame(kGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kGet, &h, &meta);
+    if (h.status == kNotFound) return kItemMissing;
+    if (h.status != kOk) server_error("get", s.sock().peer(), h.status);
+    ByteReader r(meta.data(), meta.size());
+    uint64_t size = r.u64();
+    r.u64();
+    uint32_t crc = r.u32();
+    if (h.data_len != size) fail(ErrorKind::Protocol, "get reply length does not match the object size");
+    uint8_t* dst = alloc(size);
+    if (recv_value(s, dst, size, opts_.op_timeout_ms) != crc)
+      fail(ErrorKind::Checksum, "value read from " + s.sock().peer() + " failed its checksum; the bytes were discarded");
+    return static_cast<int64_t>(size);
+  });
+}
+
+int64_t Client::exists(std::string_view key) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  return with_session(route(key), [&](Session& s) -> int64_t {
+    s.send_frame(kExists, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kExists, &h, &meta);
+    if (h.status == kNotFound) return kItemMissing;
+    if (h.status != kOk) server_error("exists", s.sock().peer(), h.status);
+    ByteReader r(meta.data(), meta.size());
+    return static_cast<int64_t>(r.u64());
+  });
+}
+
+bool Client::remove(std::string_view key) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  return with_session(route(key), [&](Session& s) -> bool {
+    s.send_frame(kDelete, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kDelete, &h, &meta);
+    if (h.status == kNotFound) return false;
+    if (h.status != kOk) server_error("delete", s.sock().peer(), h.status);
+    return true;
+  });
+}
+
+bool Client::stat(std::string_view key, ObjectStat* out) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  return with_session(route(key), [&](Session& s) -> bool {
+    s.send_frame(kStat, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kStat, &h, &meta);
+    if (h.status == kNotFound) return false;
+    if (h.status != kOk) server_error("stat", s.sock().peer(), h.status);
+    ByteReader r(meta.data(), meta.size());
+    out->size = r.u64();
+    out->crc = r.u32();
+    uint8_t tier = r.u8();
+    out->in_dram = tier & 1;
+    out->on_disk = tier & 2;
+    out->written_ns = r.u64();
+    return true;
+  });
+}
+
+std::string Client::ping(size_t server) {
+  if (server >= pools_.size()) fail(ErrorKind::Config, "no such server index");
+  return with_session(server, [&](Session& s) -> std::string {
+    s.send_frame(kPing, 0, {}, nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kPing, &h, &meta);
+    if (h.status != kOk) server_error("ping", s.sock().peer(), h.status);
+    return hex(meta.data(), meta.size());
+  });
+}
+
+bool Client::put_part(std::string_view key, uint64_t upload_id, uint64_t total, uint64_t offset, const void* data,
+                      uint64_t len) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  m.u64(upload_id);
+  m.u64(total);
+  m.u64(offset);
+  m.u64(len);
+  m.u32(crc32c(0, data, len));
+  return with_session(route(key), [&](Session& s) -> bool {
+    struct iovec iov {const_cast<void*>(data), len};
+    s.send_frame(kPutPart, 0, m.data(), &iov, 1, len, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kPutPart, &h, &meta);
+    if (h.status != kOk) server_error("put_part", s.sock().peer(), h.status);
+    ByteReader r(meta.data(), meta.size());
+    return r.u8() != 0;
+  });
+}
+
+void Client::abort_part(std::string_view key, uint64_t upload_id) {
+  check_key(key);
+  ByteWriter m;
+  m.key(key);
+  m.u64(upload_id);
+  with_session(route(key), [&](Session& s) {
+    s.send_frame(kAbortPart, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+    FrameHeader h;
+    std::vector<uint8_t> meta;
+    recv_response(s, kAbortPart, &h, &meta);
+  });
+}
+
+std::vector<Client::Frame> Client::plan(const std::vector<std::string_view>& keys,
+                                        const std::vector<uint64_t>* lens) const {
+  std::vector<std::vector<uint32_t>> per_server(pools_.size());
+  for (uint32_t i = 0; i < keys.size(); ++i) {
+    check_key(keys[i]);
+    per_server[route(keys[i])].push_back(i);
+  }
+  std::vector<Frame> frames;
+  for (size_t srv = 0; srv < per_server.size(); ++srv) {
+    Frame cur{srv, {}};
+    uint64_t bytes = 0;
+    for (uint32_t i : per_server[srv]) {
+      uint64_t b = lens ? (*lens)[i] : 0;
+      if (!cur.items.empty() && (cur.items.size() >= kFrameItems || bytes + b > kFrameBytes)) {
+        frames.push_back(std::move(cur));
+        cur = Frame{srv, {}};
+        bytes = 0;
+      }
+      cur.items.push_back(i);
+      bytes += b;
+    }
+    if (!cur.items.empty()) frames.push_back(std::move(cur));
+  }
+  return frames;
+}
+
+// Runs frames grouped by node: each node's frames are shared by up to
+// num_connections workers, and all nodes proceed in parallel. A node that
+// fails marks its remaining frames unavailable at once instead of waiting out
+// one timeout per frame.
+void Client::execute(const std::vector<Frame>& frames, const std::function<void(Session&, const Frame&)>& run,
+                     const std::function<void(const Frame&)>& unavailable, std::vector<std::string>* errors) {
+  std::map<size_t, std::vector<const Frame*>> by_server;
+  for (const Frame& f : frames) by_server[f.server].push_back(&f);
+  struct ServerJob {
+    size_t server;
+    std::vector<const Frame*> frames;
+    std::atomic<size_t> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::string error;
+  };
+  std::vector<std::unique_ptr<ServerJob>> jobs;
+  std::vector<std::pair<ServerJob*, int>> workers;
+  for (auto& [srv, fs] : by_server) {
+    auto j = std::make_unique<ServerJob>();
+    j->server = srv;
+    j->frames = std::move(fs);
+    int n = static_cast<int>(std::min<size_t>(j->frames.size(), static_cast<size_t>(opts_.num_connections)));
+    for (int w = 0; w < n; ++w) workers.emplace_back(j.get(), w);
+    jobs.push_back(std::move(j));
+  }
+  auto work = [&](ServerJob* j) {
+    for (;;) {
+      size_t idx = j->next.fetch_add(1);
+      if (idx >= j->frames.size()) return;
+      const Frame& f = *j->frames[idx];
+      if (j->failed.load()) {
+        unavailable(f);
+        continue;
+      }
+      try {
+        with_session(j->server, [&](Session& s) { run(s, f); });
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::Connection && e.kind() != ErrorKind::Protocol && e.kind() != ErrorKind::Auth) throw;
+        j->failed = true;
+        std::lock_guard<std::mutex> lk(j->mu);
+        if (j->error.empty()) j->error = e.what();
+        unavailable(f);
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  std::exception_ptr first_error;
+  std::mutex err_mu;
+  auto guarded = [&](ServerJob* j) {
+    try {
+      work(j);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(err_mu);
+      if (!first_error) first_error = std::current_exception();
+    }
+  };
+  for (size_t w = 1; w < workers.size(); ++w) threads.emplace_back(guarded, workers[w].first);
+  if (!workers.empty()) guarded(workers[0].first);
+  for (auto& t : threads) t.join();
+  if (first_error) std::rethrow_exception(first_error);
+  for (auto& j : jobs)
+    if (!j->error.empty()) errors->push_back(j->error);
+}
+
+void Client::batch_put(const std::vector<std::string_view>& keys, const std::vector<const void*>& data,
+                       const std::vector<uint64_t>& lens, std::vector<int>* status, std::vector<std::string>* errors) {
+  status->assign(keys.size(), kOk);
+  std::vector<Frame> frames = plan(keys, &lens);
+  // Checksums for all values, computed once (in parallel per frame below).
+  std::vector<uint32_t> crcs(keys.size());
+  execute(
+      frames,
+      [&](Session& s, const Frame& f) {
+        ByteWriter m;
+        m.u32(static_cast<uint32_t>(f.items.size()));
+        std::vector<struct iovec> iov;
+        uint64_t total = 0;
+        for (uint32_t i : f.items) {
+          if (!crcs[i] && lens[i]) crcs[i] = crc32c(0, data[i], lens[i]);
+          m.key(keys[i]);
+          m.u64(lens[i]);
+          m.u32(lens[i] ? crcs[i] : 0);
+          if (lens[i]) iov.push_back({const_cast<void*>(data[i]), lens[i]});
+          total += lens[i];
+        }
+        s.send_frame(kBatchPut, 0, m.data(), iov.data(), static_cast<int>(iov.size()), total, opts_.op_timeout_ms);
+        FrameHeader h;
+        std::vector<uint8_t> meta;
+        recv_response(s, kBatchPut, &h, &meta);
+        if (h.status != kOk) server_error("batch_put", s.sock().peer(), h.status);
+        ByteReader r(meta.data(), meta.size());
+        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_put reply has the wrong item count");
+        for (uint32_t i : f.items) (*status)[i] = r.u16();
+      },
+      [&](const Frame& f) {
+        for (uint32_t i : f.items) (*status)[i] = kStatusUnavailable;
+      },
+      errors);
+}
+
+void Client::batch_get_into(const std::vector<std::string_view>& keys, const std::vector<void*>& bufs,
+                            const std::vector<uint64_t>& caps, std::vector<int64_t>* result,
+                            std::vector<std::string>* errors) {
+  result->assign(keys.size(), kItemMissing);
+  std::vector<Frame> frames = plan(keys, &caps);
+  execute(
+      frames,
+      [&](Session& s, const Frame& f) {
+        ByteWriter m;
+        m.u32(static_cast<uint32_t>(f.items.size()));
+        for (uint32_t i : f.items) m.key(keys[i]);
+        s.send_frame(kBatchGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+        FrameHeader h;
+        std::vector<uint8_t> meta;
+        recv_response(s, kBatchGet, &h, &meta);
+        if (h.status != kOk) server_error("batch_get", s.sock().peer(), h.status);
+        ByteReader r(meta.data(), meta.size());
+        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_get reply has the wrong item count");
+        struct Item {
+          uint16_t st;
+          uint64_t size;
+          uint32_t crc;
+        };
+        std::vector<Item> items(f.items.size());
+        uint64_t total = 0;
+        for (Item& it : items) {
+          it.st = r.u16();
+          it.size = r.u64();
+          it.crc = r.u32();
+          if (it.st == kOk) total += it.size;
+        }
+        if (total != h.data_len) fail(ErrorKind::Protocol, "batch_get reply length does not match its sizes");
+        // Values stream back in order, each straight into its buffer.
+        for (size_t k = 0; k < items.size(); ++k) {
+          uint32_t i = f.items[k];
+          const Item& it = items[k];
+          if (it.st != kOk) {
+            (*result)[i] = it.st == kNotFound ? kItemMissing : kItemError;
+            continue;
+          }
+          if (it.size > caps[i]) {
+            discard(s, it.size, opts_.op_timeout_ms);
+            (*result)[i] = kItemTooSmall;
+            continue;
+          }
+          uint32_t got = recv_value(s, bufs[i], it.size, opts_.op_timeout_ms);
+          (*result)[i] = got == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
+        }
+      },
+      [&](const Frame& f) {
+        for (uint32_t i : f.items) (*result)[i] = kItemUnavailable;
+      },
+      errors);
+}
+
+void Client::batch_exists(const std::vector<std::string_view>& keys, std::vector<int64_t>* result,
+                          std::vector<std::string>* errors) {
+  result->assign(keys.size(), kItemMissing);
+  std::vector<Frame> frames = plan(keys, nullptr);
+  execute(
+      frames,
+      [&](Session& s, const Frame& f) {
+        ByteWriter m;
+        m.u32(static_cast<uint32_t>(f.items.size()));
+        for (uint32_t i : f.items) m.key(keys[i]);
+        s.send_frame(kBatchExists, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+        FrameHeader h;
+        std::vector<uint8_t> meta;
+        recv_response(s, kBatchExists, &h, &meta);
+        if (h.status != kOk) server_error("batch_exists", s.sock().peer(), h.status);
+        ByteReader r(meta.data(), meta.size());
+        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_exists reply has the wrong item count");
+        for (uint32_t i : f.items) {
+          uint64_t sz = r.u64();
+          (*result)[i] = sz == kMissing ? kItemMissing : static_cast<int64_t>(sz);
+        }
+      },
+      [&](const Frame& f) {
+        for (uint32_t i : f.items) (*result)[i] = kItemUnavailable;
+      },
+      errors);
+}
+
+void Client::batch_remove(const std::vector<std::string_view>& keys, std::vector<int>* status,
+                          std::vector<std::string>* errors) {
+  status->assign(keys.size(), kOk);
+  std::vector<Frame> frames = plan(keys, nullptr);
+  execute(
+      frames,
+      [&](Session& s, const Frame& f) {
+        ByteWriter m;
+        m.u32(static_cast<uint32_t>(f.items.size()));
+        for (uint32_t i : f.items) m.key(keys[i]);
+        s.send_frame(kBatchDelete, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+        FrameHeader h;
+        std::vector<uint8_t> meta;
+        recv_response(s, kBatchDelete, &h, &meta);
+        if (h.status != kOk) server_error("batch_delete", s.sock().peer(), h.status);
+        ByteReader r(meta.data(), meta.size());
+        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_delete reply has the wrong item count");
+        for (uint32_t i : f.items) (*status)[i] = r.u16();
+      },
+      [&](const Frame& f) {
+        for (uint32_t i : f.items) (*status)[i] = kStatusUnavailable;
+      },
+      errors);
+}
+
+}  // namespace memkv

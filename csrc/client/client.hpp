@@ -1,0 +1,101 @@
+// The native MemKV client: routes each key to its primary node, keeps a
+// connection pool per node, and runs batches grouped per node, pipelined over
+// several connections in parallel. Values move straight between the caller's
+// memory and the socket, with CRC-32C verified on every byte that arrives.
+// Everything here runs without the GIL; the Python layer is a thin shell.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pool.hpp"
+#include "router.hpp"
+
+namespace memkv {
+
+struct ClientOptions {
+  std::vector<ServerAddr> servers;
+  wire::Key32 auth_key{};
+  int num_connections = 4;
+  int connect_timeout_ms = 5000;
+  int op_timeout_ms = 30000;
+};
+
+// Per-item outcomes of batch reads (non-negative values are sizes).
+constexpr int64_t kItemMissing = -1;
+constexpr int64_t kItemChecksum = -2;     // bytes failed verification: not returned
+constexpr int64_t kItemTooSmall = -3;     // the caller's buffer is smaller than the value
+constexpr int64_t kItemUnavailable = -4;  // the node could not be reached in time
+constexpr int64_t kItemError = -5;        // the node answered with an error status
+// Per-item status of batch writes/deletes: wire::Status, or this.
+constexpr int kStatusUnavailable = 1000;
+
+struct ObjectStat {
+  uint64_t size = 0;
+  uint32_t crc = 0;
+  bool in_dram = false, on_disk = false;
+  uint64_t written_ns = 0;
+};
+
+class Client {
+ public:
+  explicit Client(ClientOptions opts);
+  ~Client();
+  Client(const Client&) = delete;
+
+  size_t num_servers() const { return pools_.size(); }
+  const ServerAddr& server(size_t i) const { return pools_[i]->addr(); }
+  size_t route(std::string_view key) const { return router_.route(key); }
+
+  void put(std::string_view key, const void* data, uint64_t len);
+  // Size of the value (written to buf), or kItemMissing. Throws when the value
+  // does not fit (the message gives its size) or fails verification.
+  int64_t get_into(std::string_view key, void* buf, uint64_t cap);
+  // Reads a value of unknown size into memory from `alloc(size)`.
+  int64_t get_alloc(std::string_view key, const std::function<uint8_t*(uint64_t)>& alloc);
+  int64_t exists(std::string_view key);
+  bool remove(std::string_view key);
+  bool stat(std::string_view key, ObjectStat* out);
+  std::string ping(size_t server);  // the node's id, hex
+
+  // Multi-part write (one object, many pieces, any order, any connection):
+  // returns true when this part completed the object.
+  bool put_part(std::string_view key, uint64_t upload_id, uint64_t total, uint64_t offset, const void* data,
+                uint64_t len);
+  void abort_part(std::string_view key, uint64_t upload_id);
+
+  // Batches. `errors` receives one message per node that failed.
+  void batch_put(const std::vector<std::string_view>& keys, const std::vector<const void*>& data,
+                 const std::vector<uint64_t>& lens, std::vector<int>* status, std::vector<std::string>* errors);
+  void batch_get_into(const std::vector<std::string_view>& keys, const std::vector<void*>& bufs,
+                      const std::vector<uint64_t>& caps, std::vector<int64_t>* result,
+                      std::vector<std::string>* errors);
+  void batch_exists(const std::vector<std::string_view>& keys, std::vector<int64_t>* result,
+                    std::vector<std::string>* errors);
+  void batch_remove(const std::vector<std::string_view>& keys, std::vector<int>* status,
+                    std::vector<std::string>* errors);
+
+  void close();
+
+ private:
+  struct Frame {
+    size_t server;
+    std::vector<uint32_t> items;
+  };
+  std::vector<Frame> plan(const std::vector<std::string_view>& keys, const std::vector<uint64_t>* lens) const;
+  void execute(const std::vector<Frame>& frames, const std::function<void(wire::Session&, const Frame&)>& run,
+               const std::function<void(const Frame&)>& unavailable, std::vector<std::string>* errors);
+  template <class Fn>
+  auto with_session(size_t server, Fn&& fn) -> decltype(fn(std::declval<wire::Session&>()));
+  void check_key(std::string_view key) const;
+  void recv_response(wire::Session& s, uint8_t op, wire::FrameHeader* h, std::vector<uint8_t>* meta);
+
+  ClientOptions opts_;
+  Router router_;
+  std::vector<std::unique_ptr<ServerPool>> pools_;
+};
+
+}  // namespace memkv

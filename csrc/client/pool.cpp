@@ -1,0 +1,58 @@
+#include "pool.hpp"
+
+#include <chrono>
+
+#include "../common/error.hpp"
+
+namespace memkv {
+
+ServerPool::ServerPool(ServerAddr addr, const wire::Key32& key, int size, int connect_timeout_ms, int op_timeout_ms)
+    : addr_(std::move(addr)), key_(key), size_(size), connect_timeout_ms_(connect_timeout_ms),
+      op_timeout_ms_(op_timeout_ms) {}
+
+ServerPool::~ServerPool() = default;
+
+ServerPool::Lease ServerPool::acquire() {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(op_timeout_ms_);
+  while (idle_.empty() && in_use_ >= size_) {
+    if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && idle_.empty() && in_use_ >= size_)
+      fail(ErrorKind::Connection, "no free connection to " + addr_.name + " within " +
+                                      std::to_string(op_timeout_ms_) + " ms (raise MEMKV_NUM_CONNECTIONS)");
+  }
+  ++in_use_;
+  if (!idle_.empty()) {
+    Lease l{std::move(idle_.back()), true};
+    idle_.pop_back();
+    return l;
+  }
+  lk.unlock();
+  try {
+    Socket sock = Socket::connect_to(addr_.host, addr_.port, connect_timeout_ms_);
+    sock.set_peer(addr_.name);
+    auto s = wire::Session::client(std::move(sock), key_, op_timeout_ms_);
+    lk.lock();
+    max_value_bytes_ = s->peer().max_value_bytes;
+    ++connects_;
+    return Lease{std::move(s), false};
+  } catch (...) {
+    if (!lk.owns_lock()) lk.lock();
+    --in_use_;
+    cv_.notify_one();
+    throw;
+  }
+}
+
+void ServerPool::release(Lease&& lease, bool healthy) {
+  std::lock_guard<std::mutex> lk(mu_);
+  --in_use_;
+  if (healthy && lease.session) idle_.push_back(std::move(lease.session));
+  cv_.notify_one();
+}
+
+void ServerPool::close_idle() {
+  std::lock_guard<std::mutex> lk(mu_);
+  idle_.clear();
+}
+
+}  // namespace memkv

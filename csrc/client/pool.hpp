@@ -1,0 +1,53 @@
+// Authenticated connections to one node, reused across ops and threads, at
+// most `size` at a time (MEMKV_NUM_CONNECTIONS). A connection that saw any
+// error is closed rather than returned: its framing state is unknown.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../wire/session.hpp"
+
+namespace memkv {
+
+struct ServerAddr {
+  std::string name;  // as configured: "host:port" (the routing identity)
+  std::string host;
+  uint16_t port = 0;
+};
+
+class ServerPool {
+ public:
+  ServerPool(ServerAddr addr, const wire::Key32& key, int size, int connect_timeout_ms, int op_timeout_ms);
+  ~ServerPool();
+
+  struct Lease {
+    std::unique_ptr<wire::Session> session;
+    bool reused = false;  // came from the idle list (may have gone stale)
+  };
+  Lease acquire();
+  void release(Lease&& lease, bool healthy);
+  void close_idle();
+
+  const ServerAddr& addr() const { return addr_; }
+  uint64_t max_value_bytes() const { return max_value_bytes_; }
+  uint64_t connects() const { return connects_; }
+
+ private:
+  ServerAddr addr_;
+  wire::Key32 key_;
+  int size_;
+  int connect_timeout_ms_;
+  int op_timeout_ms_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<wire::Session>> idle_;
+  int in_use_ = 0;
+  uint64_t max_value_bytes_ = 0;
+  uint64_t connects_ = 0;
+};
+
+}  // namespace memkv

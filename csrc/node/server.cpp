@@ -1,0 +1,448 @@
+#include "server.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "../common/bytes.hpp"
+#include "../common/crc32c.hpp"
+#include "../common/error.hpp"
+#include "../common/log.hpp"
+
+namespace memkv {
+
+using namespace wire;
+
+namespace {
+
+uint16_t status_of(PutResult r) {
+  switch (r) {
+    case PutResult::Ok: return kOk;
+    case PutResult::TooLarge: return kTooLarge;
+    case PutResult::NoSpace: return kNoSpace;
+    case PutResult::ShuttingDown: return kShuttingDown;
+    case PutResult::BadRange: return kBadRange;
+    default: return kInternal;
+  }
+}
+
+bool key_ok(std::string_view k) { return !k.empty() && k.size() <= kMaxKeyLen; }
+
+}  // namespace
+
+Node::Node(NodeOptions opts) : opts_(std::move(opts)), store_(std::make_unique<Store>(opts_.store)) {}
+
+Node::~Node() { stop(); }
+
+void Node::start() {
+  store_->open();
+  listen_fd_ = listen_tcp(opts_.host, opts_.port, 1024, &bound_port_);
+  started_ = true;
+  acceptor_ = std::thread([this] { accept_loop(); });
+}
+
+void Node::stop() {
+  std::lock_guard<std::mutex> g(stop_mu_);
+  if (!started_ || stopped_) return;
+  stopped_ = true;
+  stopping_ = true;
+  // Wakes accept(); the acceptor then closes the socket.
+  ::shutdown(listen_fd_, SHUT_RDWR);
+  if (acceptor_.joinable()) acceptor_.join();
+  {
+    std::lock_guard<std::mutex> lk(conns_mu_);
+    for (auto& c : conns_) {
+      // Idle connections are woken now; busy ones finish their op first.
+      int fd = c->fd.load();
+      if (!c->busy.load() && fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    }
+  }
+  for (;;) {
+    std::lock_guard<std::mutex> lk(conns_mu_);
+    bool all_done = true;
+    for (auto& c : conns_) {
+      if (!c->done.load()) {
+        all_done = false;
+        int fd = c->fd.load();
+        if (!c->busy.load() && fd >= 0) ::shutdown(fd, SHUT_RDWR);
+      }
+    }
+    if (all_done) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  {
+    std::lock_guard<std::mutex> lk(conns_mu_);
+    reap_locked(true);
+  }
+  store_->close();
+}
+
+void Node::reap_locked(bool all) {
+  for (auto it = conns_.begin(); it != conns_.end();) {
+    if (all || (*it)->done.load()) {
+      if ((*it)->thread.joinable()) (*it)->thread.join();
+      it = conns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Node::accept_loop() {
+  for (;;) {
+    struct sockaddr_storage ss {};
+    socklen_t len = sizeof(ss);
+    int fd = ::accept4(listen_fd_, reinterpret_cast<struct sockaddr*>(&ss), &len, SOCK_CLOEXEC);
+    if (stopping_) {
+      if (fd >= 0) ::close(fd);
+      break;
+    }
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE) {
+        log(LogLevel::Warning, "accept: out of file descriptors; raise `ulimit -n`");
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      break;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    std::lock_guard<std::mutex> lk(conns_mu_);
+    reap_locked(false);
+    if (static_cast<int>(conns_.size()) >= opts_.max_connections) {
+      ++rejected_;
+      ::close(fd);
+      continue;
+    }
+    auto conn = std::make_shared<Conn>();
+    conn->fd = fd;
+    Socket sock(fd);
+    char host[64] = "?";
+    if (ss.ss_family == AF_INET)
+      inet_ntop(AF_INET, &reinterpret_cast<struct sockaddr_in*>(&ss)->sin_addr, host, sizeof(host));
+    else if (ss.ss_family == AF_INET6)
+      inet_ntop(AF_INET6, &reinterpret_cast<struct sockaddr_in6*>(&ss)->sin6_addr, host, sizeof(host));
+    sock.set_peer(std::string("client ") + host);
+    conn->thread = std::thread([this, conn, s = std::move(sock)]() mutable { serve(conn, std::move(s)); });
+    conns_.push_back(std::move(conn));
+  }
+  ::close(listen_fd_);
+  listen_fd_ = -1;
+}
+
+void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
+  ++connections_;
+  ++connections_total_;
+  std::string peer = sock.peer();
+  try {
+    std::string why;
+    auto session = Session::server(std::move(sock), opts_.auth_key, opts_.node_id, store_->max_value_bytes(),
+                                   opts_.io_timeout_ms, &why);
+    if (!session) {
+      if (why.rfind("closed before", 0) != 0) {
+        ++auth_failures_;
+        log(LogLevel::Warning, "rejected " + peer + ": " + why);
+      }
+    } else {
+      FrameHeader h{};
+      std::vector<uint8_t> meta;
+      while (!stopping_) {
+        if (!session->recv_frame(&h, &meta, -1, opts_.io_timeout_ms)) break;
+        conn->busy = true;
+        handle(*session, h, meta);
+        conn->busy = false;
+      }
+    }
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::Protocol) {
+      ++protocol_errors_;
+      log(LogLevel::Warning, "closing " + peer + ": " + e.what());
+    } else if (!stopping_) {
+      log(LogLevel::Debug, "connection from " + peer + " ended: " + e.what());
+    }
+  } catch (const std::exception& e) {
+    log(LogLevel::Error, "connection from " + peer + " failed: " + e.what());
+  }
+  conn->fd = -1;
+  conn->busy = false;
+  --connections_;
+  conn->done = true;
+}
+
+void Node::drain(Session& s, uint64_t n) {
+  static thread_local std::vector<uint8_t> scratch(1 << 20);
+  while (n) {
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n, scratch.size()));
+    s.sock().recv_exact(scratch.data(), chunk, opts_.io_timeout_ms);
+    n -= chunk;
+  }
+}
+
+// Receives one value of a put straight into its DRAM buffer, verifies its
+// checksum on the bytes as they land, and publishes it.
+uint16_t Node::receive_value(Session& s, const std::string& key, uint64_t size, uint32_t crc) {
+  if (!key_ok(key)) {
+    drain(s, size);
+    return kKeyInvalid;
+  }
+  Reservation r;
+  PutResult pr = store_->reserve(size, key.size(), &r);
+  if (pr != PutResult::Ok) {
+    drain(s, size);
+    return status_of(pr);
+  }
+  ValuePtr v = Value::make(size);
+  uint32_t got = 0;
+  if (size) s.sock().recv_exact(v->data, size, opts_.io_timeout_ms, [&](const uint8_t* p, size_t n) { got = crc32c(got, p, n); });
+  bytes_in_ += size;
+  if (got != crc) {
+    ++checksum_failures_;
+    return kChecksumMismatch;
+  }
+  return status_of(store_->commit(key, std::move(v), crc, std::move(r)));
+}
+
+void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& meta) {
+  const int t = opts_.io_timeout_ms;
+  ByteReader in(meta.data(), meta.size());
+  ByteWriter out;
+  uint16_t status = kOk;
+  const uint8_t op = h.op;
+  if (op < kOpSlots) ++ops_[op];
+  auto reply = [&](uint16_t st, const struct iovec* iov = nullptr, int n = 0, uint64_t len = 0) {
+    if (st != kOk && st != kNotFound && op < kOpSlots) ++op_errors_[op];
+    s.send_frame(op, st, out.data(), iov, n, len, t);
+    bytes_out_ += len;
+  };
+
+  switch (op) {
+    case kPut: {
+      std::string key(in.key());
+      uint64_t size = in.u64();
+      uint32_t crc = in.u32();
+      in.u32();  // flags
+      in.expect_end();
+      if (h.data_len != size) fail(ErrorKind::Protocol, "put: data length does not match the value size");
+      reply(receive_value(s, key, size, crc));
+      return;
+    }
+    case kGet: {
+      std::string key(in.key());
+      uint64_t offset = in.u64();
+      uint64_t length = in.u64();
+      in.expect_end();
+      drain(s, h.data_len);
+      uint32_t crc = 0;
+      ValuePtr v = key_ok(key) ? store_->get(key, &crc) : nullptr;
+      if (!v) {
+        ++misses_;
+        reply(key_ok(key) ? kNotFound : kKeyInvalid);
+        return;
+      }
+      if (offset > v->size) {
+        reply(kBadRange);
+        return;
+      }
+      uint64_t len = std::min(length, v->size - offset);
+      if (offset != 0 || len != v->size) crc = crc32c(0, v->data + offset, len);
+      ++hits_;
+      out.u64(v->size);
+      out.u64(offset);
+      out.u32(crc);
+      struct iovec iov {v->data + offset, len};
+      reply(kOk, &iov, 1, len);
+      return;
+    }
+    case kExists:
+    case kStat: {
+      std::string key(in.key());
+      in.expect_end();
+      drain(s, h.data_len);
+      ObjectInfo info;
+      if (!key_ok(key) || !store_->info(key, &info)) {
+        reply(key_ok(key) ? kNotFound : kKeyInvalid);
+        return;
+      }
+      out.u64(info.size);
+      if (op == kStat) {
+        out.u32(info.crc);
+        out.u8(static_cast<uint8_t>((info.in_dram ? 1 : 0) | (info.on_disk ? 2 : 0)));
+        out.u64(info.written_ns);
+      }
+      reply(kOk);
+      return;
+    }
+    case kDelete: {
+      std::string key(in.key());
+      in.expect_end();
+      drain(s, h.data_len);
+      reply(key_ok(key) ? (store_->remove(key) ? kOk : kNotFound) : kKeyInvalid);
+      return;
+    }
+    case kPing: {
+      drain(s, h.data_len);
+      out.bytes(opts_.node_id.data(), opts_.node_id.size());
+      reply(kOk);
+      return;
+    }
+    case kBatchPut: {
+      uint32_t n = in.u32();
+      if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch_put: too many items");
+      struct Item {
+        std::string key;
+        uint64_t size;
+        uint32_t crc;
+      };
+      std::vector<Item> items;
+      items.reserve(n);
+      uint64_t total = 0;
+      for (uint32_t i = 0; i < n; ++i) {
+        Item it{std::string(in.key()), in.u64(), in.u32()};
+        total += it.size;
+        items.push_back(std::move(it));
+      }
+      in.expect_end();
+      if (total != h.data_len) fail(ErrorKind::Protocol, "batch_put: data length does not match the value sizes");
+      out.u32(n);
+      for (const Item& it : items) out.u16(receive_value(s, it.key, it.size, it.crc));
+      reply(kOk);
+      return;
+    }
+    case kBatchGet: {
+      uint32_t n = in.u32();
+      if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch_get: too many items");
+      std::vector<std::string> keys;
+      keys.reserve(n);
+      for (uint32_t i = 0; i < n; ++i) keys.emplace_back(in.key());
+      in.expect_end();
+      drain(s, h.data_len);
+      // Every value is pinned (and verified, if it came from a shard) before
+      // the sizes are promised: the stream is then full-length or a miss.
+      std::vector<ValuePtr> vals(n);
+      std::vector<struct iovec> iov;
+      uint64_t total = 0;
+      out.u32(n);
+      for (uint32_t i = 0; i < n; ++i) {
+        uint32_t crc = 0;
+        if (key_ok(keys[i])) vals[i] = store_->get(keys[i], &crc);
+        if (vals[i]) {
+          ++hits_;
+          out.u16(kOk);
+          out.u64(vals[i]->size);
+          out.u32(crc);
+          if (vals[i]->size) iov.push_back({vals[i]->data, vals[i]->size});
+          total += vals[i]->size;
+        } else {
+          ++misses_;
+          out.u16(key_ok(keys[i]) ? kNotFound : kKeyInvalid);
+          out.u64(0);
+          out.u32(0);
+        }
+      }
+      reply(kOk, iov.data(), static_cast<int>(iov.size()), total);
+      return;
+    }
+    case kBatchExists:
+    case kBatchDelete: {
+      uint32_t n = in.u32();
+      if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch: too many items");
+      std::vector<std::string> keys;
+      keys.reserve(n);
+      for (uint32_t i = 0; i < n; ++i) keys.emplace_back(in.key());
+      in.expect_end();
+      drain(s, h.data_len);
+      out.u32(n);
+      for (const std::string& k : keys) {
+        if (op == kBatchExists) {
+          ObjectInfo info;
+          out.u64(key_ok(k) && store_->info(k, &info) ? info.size : kMissing);
+        } else {
+          out.u16(key_ok(k) ? (store_->remove(k) ? kOk : kNotFound) : kKeyInvalid);
+        }
+      }
+      reply(kOk);
+      return;
+    }
+    case kPutPart: {
+      std::string key(in.key());
+      uint64_t upload_id = in.u64(), total = in.u64(), offset = in.u64(), len = in.u64();
+      uint32_t crc = in.u32();
+      in.expect_end();
+      if (h.data_len != len) fail(ErrorKind::Protocol, "put_part: data length does not match the part length");
+      if (!key_ok(key)) {
+        drain(s, len);
+        reply(kKeyInvalid);
+        return;
+      }
+      Store::PartTarget target;
+      PutResult pr = store_->part_begin(key, upload_id, total, offset, len, &target);
+      if (pr != PutResult::Ok) {
+        drain(s, len);
+        reply(status_of(pr));
+        return;
+      }
+      uint32_t got = 0;
+      bool ok = false;
+      try {
+        if (len)
+          s.sock().recv_exact(target.buffer->data + offset, len, t,
+                              [&](const uint8_t* p, size_t m) { got = crc32c(got, p, m); });
+        bytes_in_ += len;
+        ok = got == crc;
+      } catch (...) {
+        bool c;
+        uint64_t r;
+        store_->part_done(key, upload_id, offset, len, false, &c, &r);
+        throw;
+      }
+      bool complete = false;
+      uint64_t remaining = 0;
+      pr = store_->part_done(key, upload_id, offset, len, ok, &complete, &remaining);
+      if (!ok) ++checksum_failures_;
+      out.u8(complete ? 1 : 0);
+      out.u64(remaining);
+      reply(!ok ? kChecksumMismatch : status_of(pr));
+      return;
+    }
+    case kAbortPart: {
+      std::string key(in.key());
+      uint64_t upload_id = in.u64();
+      in.expect_end();
+      drain(s, h.data_len);
+      reply(store_->part_abort(key, upload_id) ? kOk : kNotFound);
+      return;
+    }
+    default:
+      drain(s, h.data_len);
+      reply(kBadRequest);
+      return;
+  }
+}
+
+NodeStats Node::stats() {
+  NodeStats s;
+  s.store = store_->stats();
+  for (int i = 0; i < kOpSlots; ++i) {
+    s.ops[i] = ops_[i].load();
+    s.op_errors[i] = op_errors_[i].load();
+  }
+  s.bytes_in = bytes_in_;
+  s.bytes_out = bytes_out_;
+  s.hits = hits_;
+  s.misses = misses_;
+  s.connections = connections_;
+  s.connections_total = connections_total_;
+  s.auth_failures = auth_failures_;
+  s.protocol_errors = protocol_errors_;
+  s.rejected_connections = rejected_;
+  s.checksum_failures = checksum_failures_;
+  return s;
+}
+
+}  // namespace memkv

@@ -1,0 +1,87 @@
+// The node's data port: accepts connections, authenticates them, and serves
+// wire-protocol ops against the Store, one thread per connection (a node
+// serves tens of long-lived pooled connections, and blocking I/O lets each
+// value move straight between the socket and its DRAM buffer).
+#pragma once
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "../wire/session.hpp"
+#include "store.hpp"
+
+namespace memkv {
+
+struct NodeOptions {
+  std::string host = "0.0.0.0";
+  uint16_t port = 9900;
+  wire::Key32 auth_key{};
+  std::array<uint8_t, wire::kNodeIdLen> node_id{};
+  StoreConfig store;
+  int max_connections = 1024;
+  int io_timeout_ms = 60000;  // a peer that stalls mid-frame this long is dropped
+};
+
+constexpr int kOpSlots = 0x22;
+
+struct NodeStats {
+  StoreStats store;
+  uint64_t ops[kOpSlots] = {};
+  uint64_t op_errors[kOpSlots] = {};
+  uint64_t bytes_in = 0, bytes_out = 0, hits = 0, misses = 0;
+  uint64_t connections = 0, connections_total = 0, auth_failures = 0, protocol_errors = 0, rejected_connections = 0;
+  uint64_t checksum_failures = 0;
+};
+
+class Node {
+ public:
+  explicit Node(NodeOptions opts);
+  ~Node();
+  Node(const Node&) = delete;
+
+  // Opens the store (rebuilding the index), binds the port, starts accepting.
+  void start();
+  // Stops accepting, lets in-flight ops finish, flushes every acknowledged
+  // value to its shard and syncs. Idempotent.
+  void stop();
+  uint16_t port() const { return bound_port_; }
+  NodeStats stats();
+  Store& store() { return *store_; }
+
+ private:
+  struct Conn {
+    std::thread thread;
+    std::atomic<bool> busy{false};
+    std::atomic<bool> done{false};
+    std::atomic<int> fd{-1};
+  };
+  void accept_loop();
+  void serve(std::shared_ptr<Conn> conn, Socket sock);
+  void reap_locked(bool all);
+  void handle(wire::Session& s, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
+  void drain(wire::Session& s, uint64_t n);
+  uint16_t receive_value(wire::Session& s, const std::string& key, uint64_t size, uint32_t crc);
+
+  NodeOptions opts_;
+  std::unique_ptr<Store> store_;
+  int listen_fd_ = -1;
+  uint16_t bound_port_ = 0;
+  std::thread acceptor_;
+  std::mutex conns_mu_;
+  std::list<std::shared_ptr<Conn>> conns_;
+  std::atomic<bool> stopping_{false};
+  bool started_ = false, stopped_ = false;
+  std::mutex stop_mu_;
+
+  std::atomic<uint64_t> ops_[kOpSlots] = {};
+  std::atomic<uint64_t> op_errors_[kOpSlots] = {};
+  std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0}, hits_{0}, misses_{0}, connections_{0}, connections_total_{0},
+      auth_failures_{0}, protocol_errors_{0}, rejected_{0}, checksum_failures_{0};
+};
+
+}  // namespace memkv

@@ -1,0 +1,289 @@
+#include "shard_files.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "../common/crc32c.hpp"
+#include "../common/error.hpp"
+#include "../common/log.hpp"
+#include "../wire/protocol.hpp"
+
+namespace memkv {
+namespace {
+
+constexpr char kMagic[8] = {'M', 'K', 'V', 'R', 'E', 'C', '0', '1'};
+constexpr uint32_t kFormat = 1;
+constexpr size_t kKeyOffset = 40;
+constexpr size_t kHeaderCrcOffset = kPage - 4;
+static_assert(kKeyOffset + wire::kMaxKeyLen <= kHeaderCrcOffset);
+
+struct AlignedBuf {
+  uint8_t* p = nullptr;
+  explicit AlignedBuf(size_t n) {
+    void* q = nullptr;
+    if (posix_memalign(&q, kPage, n) != 0) throw std::bad_alloc();
+    p = static_cast<uint8_t*>(q);
+    std::memset(p, 0, n);
+  }
+  ~AlignedBuf() { std::free(p); }
+};
+
+std::string hex(const uint8_t* p, size_t n) {
+  static const char* d = "0123456789abcdef";
+  std::string s(n * 2, '0');
+  for (size_t i = 0; i < n; ++i) {
+    s[2 * i] = d[p[i] >> 4];
+    s[2 * i + 1] = d[p[i] & 15];
+  }
+  return s;
+}
+
+void encode_header(uint8_t* h, const std::string& key, uint64_t size, uint32_t crc, uint64_t written_ns) {
+  std::memset(h, 0, kPage);
+  std::memcpy(h, kMagic, 8);
+  uint32_t key_len = static_cast<uint32_t>(key.size());
+  uint32_t flags = 0;
+  std::memcpy(h + 8, &kFormat, 4);
+  std::memcpy(h + 12, &key_len, 4);
+  std::memcpy(h + 16, &size, 8);
+  std::memcpy(h + 24, &crc, 4);
+  std::memcpy(h + 28, &flags, 4);
+  std::memcpy(h + 32, &written_ns, 8);
+  std::memcpy(h + kKeyOffset, key.data(), key.size());
+  uint32_t hcrc = crc32c(0, h, kHeaderCrcOffset);
+  std::memcpy(h + kHeaderCrcOffset, &hcrc, 4);
+}
+
+bool decode_header(const uint8_t* h, RecordInfo* r) {
+  if (std::memcmp(h, kMagic, 8) != 0) return false;
+  uint32_t format, key_len, hcrc;
+  std::memcpy(&format, h + 8, 4);
+  std::memcpy(&key_len, h + 12, 4);
+  std::memcpy(&hcrc, h + kHeaderCrcOffset, 4);
+  if (format != kFormat || key_len == 0 || key_len > wire::kMaxKeyLen) return false;
+  if (crc32c(0, h, kHeaderCrcOffset) != hcrc) return false;
+  std::memcpy(&r->size, h + 16, 8);
+  std::memcpy(&r->crc, h + 24, 4);
+  std::memcpy(&r->written_ns, h + 32, 8);
+  r->key.assign(reinterpret_cast<const char*>(h + kKeyOffset), key_len);
+  r->file_bytes = ShardFiles::file_bytes(r->size);
+  return true;
+}
+
+bool pread_all(int fd, void* p, size_t n, off_t off) {
+  auto* b = static_cast<uint8_t*>(p);
+  while (n) {
+    ssize_t r = ::pread(fd, b, n, off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    b += r;
+    n -= static_cast<size_t>(r);
+    off += r;
+  }
+  return true;
+}
+
+void pwrite_all(int fd, const void* p, size_t n, off_t off, const std::string& path) {
+  auto* b = static_cast<const uint8_t*>(p);
+  while (n) {
+    ssize_t w = ::pwrite(fd, b, n, off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail(ErrorKind::Internal, "writing " + path + " failed: " + std::strerror(errno));
+    b += w;
+    n -= static_cast<size_t>(w);
+    off += w;
+  }
+}
+
+std::atomic<uint64_t> g_tmp_counter{0};
+
+}  // namespace
+
+ShardFiles::ShardFiles(const std::string& data_dir) : root_(data_dir + "/shards"), dirty_dirs_(256, false) {
+  ::mkdir(data_dir.c_str(), 0755);
+  if (::mkdir(root_.c_str(), 0755) != 0 && errno != EEXIST)
+    fail(ErrorKind::Config, "cannot create " + root_ + ": " + std::strerror(errno) + " (check --data-dir permissions)");
+  for (int i = 0; i < 256; ++i) {
+    char name[4];
+    std::snprintf(name, sizeof(name), "%02x", i);
+    std::string d = root_ + "/" + name;
+    if (::mkdir(d.c_str(), 0755) != 0 && errno != EEXIST)
+      fail(ErrorKind::Config, "cannot create " + d + ": " + std::strerror(errno));
+  }
+  // Probe O_DIRECT once: some filesystems (older tmpfs) refuse it.
+  std::string probe = root_ + "/.direct-probe";
+  int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == EINVAL) {
+    direct_io_ = false;
+    log(LogLevel::Info, "data dir does not support O_DIRECT; shards use buffered I/O");
+  }
+  if (fd >= 0) ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+ShardFiles::~ShardFiles() = default;
+
+std::string ShardFiles::path_for(const std::string& key, std::string* shard_dir) const {
+  uint8_t md[32];
+  unsigned int len = 0;
+  EVP_Digest(key.data(), key.size(), md, &len, EVP_sha256(), nullptr);
+  std::string dir = root_ + "/" + hex(md, 1);
+  if (shard_dir) *shard_dir = dir;
+  return dir + "/" + hex(md, 16);
+}
+
+int ShardFiles::open_write(const std::string& path) {
+  int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0);
+  int fd = ::open(path.c_str(), flags, 0644);
+  if (fd < 0) fail(ErrorKind::Internal, "cannot create " + path + ": " + std::strerror(errno));
+  return fd;
+}
+
+void ShardFiles::write(const std::string& key, const Value& v, uint32_t crc, uint64_t written_ns, bool sync,
+                       std::vector<int>* unsynced) {
+  std::string dir;
+  std::string final_path = path_for(key, &dir);
+  std::string tmp = dir + "/.tmp-" + final_path.substr(dir.size() + 1) + "-" + std::to_string(++g_tmp_counter);
+  AlignedBuf header(kPage);
+  encode_header(header.p, key, v.size, crc, written_ns);
+  int fd = open_write(tmp);
+  try {
+    pwrite_all(fd, header.p, kPage, 0, tmp);
+    uint64_t padded = round_up_page(v.size);
+    if (padded) {
+      if (v.page_aligned) {
+        pwrite_all(fd, v.data, padded, static_cast<off_t>(kPage), tmp);
+      } else {
+        AlignedBuf bounce(padded);
+        std::memcpy(bounce.p, v.data, v.size);
+        pwrite_all(fd, bounce.p, padded, static_cast<off_t>(kPage), tmp);
+      }
+    }
+    if (sync && ::fdatasync(fd) != 0) fail(ErrorKind::Internal, "fdatasync " + tmp + ": " + std::strerror(errno));
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0)
+      fail(ErrorKind::Internal, "rename " + tmp + ": " + std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  int shard = std::stoi(dir.substr(dir.size() - 2), nullptr, 16);
+  if (sync) {
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+    ::close(fd);
+  } else if (unsynced) {
+    dirty_dirs_[static_cast<size_t>(shard)] = true;
+    unsynced->push_back(fd);
+  } else {
+    ::close(fd);
+  }
+}
+
+void ShardFiles::sync_and_close(std::vector<int>* fds) {
+  for (int fd : *fds) {
+    ::fdatasync(fd);
+    ::close(fd);
+  }
+  fds->clear();
+  for (int i = 0; i < 256; ++i) {
+    if (!dirty_dirs_[static_cast<size_t>(i)]) continue;
+    dirty_dirs_[static_cast<size_t>(i)] = false;
+    char name[4];
+    std::snprintf(name, sizeof(name), "%02x", i);
+    std::string d = root_ + "/" + name;
+    int dfd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+}
+
+ValuePtr ShardFiles::read(const std::string& key, bool* corrupt, uint32_t* crc_out) {
+  *corrupt = false;
+  std::string path = path_for(key, nullptr);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0));
+  if (fd < 0) return nullptr;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  AlignedBuf header(kPage);
+  RecordInfo info;
+  struct stat st {};
+  if (!pread_all(fd, header.p, kPage, 0) || !decode_header(header.p, &info) || info.key != key ||
+      ::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < info.file_bytes) {
+    *corrupt = true;
+    return nullptr;
+  }
+  ValuePtr v = Value::make(info.size);
+  uint64_t padded = round_up_page(info.size);
+  bool ok = true;
+  if (padded) {
+    if (v->page_aligned || !direct_io_) {
+      ok = pread_all(fd, v->data, v->page_aligned ? padded : info.size, static_cast<off_t>(kPage));
+    } else {
+      AlignedBuf bounce(padded);
+      ok = pread_all(fd, bounce.p, padded, static_cast<off_t>(kPage));
+      if (ok) std::memcpy(v->data, bounce.p, info.size);
+    }
+  }
+  if (!ok || crc32c(0, v->data, info.size) != info.crc) {
+    *corrupt = true;
+    return nullptr;
+  }
+  if (crc_out) *crc_out = info.crc;
+  return v;
+}
+
+void ShardFiles::remove(const std::string& key) { ::unlink(path_for(key, nullptr).c_str()); }
+
+size_t ShardFiles::scan(const std::function<void(RecordInfo&&)>& found) {
+  size_t skipped = 0;
+  AlignedBuf header(kPage);
+  for (int i = 0; i < 256; ++i) {
+    char name[4];
+    std::snprintf(name, sizeof(name), "%02x", i);
+    std::string d = root_ + "/" + name;
+    DIR* dir = ::opendir(d.c_str());
+    if (!dir) continue;
+    while (struct dirent* de = ::readdir(dir)) {
+      std::string n = de->d_name;
+      if (n == "." || n == "..") continue;
+      std::string p = d + "/" + n;
+      if (n.rfind(".tmp-", 0) == 0) {  // an interrupted write: never acknowledged
+        ::unlink(p.c_str());
+        continue;
+      }
+      int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      RecordInfo info;
+      struct stat st {};
+      bool ok = pread_all(fd, header.p, kPage, 0) && decode_header(header.p, &info) && ::fstat(fd, &st) == 0 &&
+                static_cast<uint64_t>(st.st_size) >= info.file_bytes && path_for(info.key, nullptr) == p;
+      ::close(fd);
+      if (!ok) {
+        ++skipped;
+        ::unlink(p.c_str());
+        continue;
+      }
+      found(std::move(info));
+    }
+    ::closedir(dir);
+  }
+  return skipped;
+}
+
+}  // namespace memkv

@@ -1,0 +1,60 @@
+// The durable tier: one record file per object under <data-dir>/shards/XX/,
+// named by a digest of the key. A record is a 4 KiB header (magic, key, size,
+// value CRC-32C, write time, header CRC) followed by the value padded to whole
+// pages, so it can be written and read with O_DIRECT (no double caching: the
+// DRAM tier is the cache). Files are written under a temporary name and
+// renamed into place, so a record is either complete or absent; after a
+// crash, checksums turn a torn record into a miss, never into wrong bytes.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "value.hpp"
+
+namespace memkv {
+
+enum class FsyncMode { Always, Interval, Never };
+
+struct RecordInfo {
+  std::string key;
+  uint64_t size = 0;
+  uint32_t crc = 0;
+  uint64_t written_ns = 0;
+  uint64_t file_bytes = 0;
+};
+
+class ShardFiles {
+ public:
+  explicit ShardFiles(const std::string& data_dir);
+  ~ShardFiles();
+
+  static uint64_t file_bytes(uint64_t value_size) { return kPage + round_up_page(value_size); }
+
+  // Writes the record and renames it into place. With `sync`, data and the
+  // directory entry are on stable storage when this returns; otherwise the
+  // open fd is appended to `unsynced` for a later batch sync.
+  void write(const std::string& key, const Value& v, uint32_t crc, uint64_t written_ns, bool sync,
+             std::vector<int>* unsynced);
+  // Reads and verifies a record. Returns nullptr when absent; sets *corrupt
+  // when present but failing any check (the caller drops it).
+  ValuePtr read(const std::string& key, bool* corrupt, uint32_t* crc_out);
+  void remove(const std::string& key);
+  // Calls `found` for every valid record header; removes leftovers of
+  // interrupted writes. Returns the number of unreadable records skipped.
+  size_t scan(const std::function<void(RecordInfo&&)>& found);
+  // fdatasync + close for fds collected by write(), then sync the shard dirs.
+  void sync_and_close(std::vector<int>* fds);
+  bool direct_io() const { return direct_io_; }
+
+ private:
+  std::string path_for(const std::string& key, std::string* shard_dir) const;
+  int open_write(const std::string& path);
+
+  std::string root_;
+  bool direct_io_ = true;
+  std::vector<bool> dirty_dirs_;
+};
+
+}  // namespace memkv

@@ -1,0 +1,560 @@
+#include "store.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "../common/crc32c.hpp"
+#include "../common/error.hpp"
+#include "../common/log.hpp"
+#include "../wire/protocol.hpp"
+
+namespace memkv {
+namespace {
+
+// Index entry, LRU links and key copies: charged so that many small values
+// cannot push real memory use past the configured capacity.
+constexpr uint64_t kEntryOverhead = 192;
+
+uint64_t now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+uint64_t mono_ms() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+}  // namespace
+
+Reservation& Reservation::operator=(Reservation&& o) noexcept {
+  if (this != &o) {
+    if (store_) store_->release_dram(bytes_);
+    store_ = o.store_;
+    bytes_ = o.bytes_;
+    o.store_ = nullptr;
+  }
+  return *this;
+}
+
+Reservation::~Reservation() {
+  if (store_) store_->release_dram(bytes_);
+}
+
+Store::Store(StoreConfig cfg) : cfg_(std::move(cfg)) {}
+
+Store::~Store() {
+  if (flusher_.joinable()) close();
+}
+
+uint64_t Store::charge(uint64_t size, size_t key_len) { return Value::alloc_size(size) + key_len + kEntryOverhead; }
+
+uint64_t Store::max_value_bytes() const {
+  uint64_t m = cfg_.dram_capacity > kEntryOverhead + wire::kMaxKeyLen + kPage
+                   ? cfg_.dram_capacity - kEntryOverhead - wire::kMaxKeyLen - kPage
+                   : 0;
+  // A durable node only acknowledges what its shards can hold.
+  if (cfg_.disk_capacity) m = std::min(m, cfg_.disk_capacity > kPage ? cfg_.disk_capacity - kPage : 0);
+  return m;
+}
+
+void Store::open() {
+  auto t0 = std::chrono::steady_clock::now();
+  if (cfg_.disk_capacity) {
+    files_ = std::make_unique<ShardFiles>(cfg_.data_dir);
+    std::vector<RecordInfo> records;
+    size_t skipped = files_->scan([&](RecordInfo&& r) { records.push_back(std::move(r)); });
+    std::sort(records.begin(), records.end(),
+              [](const RecordInfo& a, const RecordInfo& b) { return a.written_ns < b.written_ns; });
+    std::lock_guard<std::mutex> lk(mu_);
+    for (RecordInfo& r : records) {
+      auto e = std::make_unique<Entry>();
+      e->key = r.key;
+      e->size = r.size;
+      e->crc = r.crc;
+      e->written_ns = r.written_ns;
+      e->version = ++next_version_;
+      e->on_disk = true;
+      disk_lru_.push_front(r.key);
+      disk_[r.key] = DiskRecord{r.file_bytes, disk_lru_.begin()};
+      disk_used_ += r.file_bytes;
+      index_[r.key] = std::move(e);
+    }
+    // A smaller disk capacity than last run: drop the oldest records.
+    while (disk_used_ > cfg_.disk_capacity && !disk_lru_.empty()) {
+      std::string victim = disk_lru_.back();
+      disk_lru_.pop_back();
+      disk_used_ -= disk_[victim].bytes;
+      disk_.erase(victim);
+      index_.erase(victim);
+      files_->remove(victim);
+      ++evictions_disk_;
+    }
+    if (skipped) log(LogLevel::Warning, "dropped " + std::to_string(skipped) + " unreadable shard records at start-up");
+  }
+  startup_ms_ = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+  if (files_) flusher_ = std::thread([this] { flusher_main(); });
+}
+
+void Store::close() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  flush_cv_.notify_all();
+  space_cv_.notify_all();
+  durable_cv_.notify_all();
+  if (flusher_.joinable()) flusher_.join();
+}
+
+void Store::release_dram(uint64_t bytes) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    dram_used_ -= bytes;
+  }
+  space_cv_.notify_all();
+}
+
+void Store::lru_touch_locked(Entry* e) {
+  if (e->in_lru) lru_.erase(e->lru);
+  lru_.push_front(e);
+  e->lru = lru_.begin();
+  e->in_lru = true;
+}
+
+void Store::lru_unlink_locked(Entry* e) {
+  if (e->in_lru) lru_.erase(e->lru);
+  e->in_lru = false;
+}
+
+void Store::disk_touch_locked(const std::string& key) {
+  auto it = disk_.find(key);
+  if (it == disk_.end()) return;
+  disk_lru_.splice(disk_lru_.begin(), disk_lru_, it->second.lru);
+}
+
+void Store::drop_entry_locked(Entry* e) {
+  lru_unlink_locked(e);
+  if (e->dram) dram_used_ -= e->charged;
+  if (e->dirty) dirty_bytes_ -= e->size;
+  index_.erase(e->key);
+}
+
+bool Store::evict_one_locked() {
+  if (lru_.empty()) return false;
+  Entry* e = lru_.back();
+  lru_unlink_locked(e);
+  dram_used_ -= e->charged;
+  e->dram.reset();
+  e->charged = 0;
+  ++evictions_dram_;
+  if (!e->on_disk) {  // not on a shard: evicting it forgets it
+    ++evictions_dropped_;
+    index_.erase(e->key);
+  }
+  return true;
+}
+
+PutResult Store::reserve(uint64_t size, size_t key_len, Reservation* out) {
+  uint64_t need = charge(size, key_len);
+  if (size > max_value_bytes()) return PutResult::TooLarge;
+  std::unique_lock<std::mutex> lk(mu_);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.space_wait_ms);
+  while (dram_used_ + need > cfg_.dram_capacity) {
+    if (stopping_) return PutResult::ShuttingDown;
+    if (evict_one_locked()) continue;
+    // Everything resident is still being flushed: wait for the shards.
+    if (space_cv_.wait_until(lk, deadline) == std::cv_status::timeout && dram_used_ + need > cfg_.dram_capacity &&
+        lru_.empty())
+      return PutResult::NoSpace;
+  }
+  if (stopping_) return PutResult::ShuttingDown;
+  dram_used_ += need;
+  *out = Reservation(this, need);
+  return PutResult::Ok;
+}
+
+void Store::publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uint64_t charged, uint64_t* version) {
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    Entry* old = it->second.get();
+    // The old shard goes first, so a crash before the new one lands reads
+    // as a miss, not as the previous value.
+    if (old->on_disk) flush_queue_.push_back({false, key, old->version});
+    drop_entry_locked(old);
+  }
+  auto e = std::make_unique<Entry>();
+  e->key = key;
+  e->size = v->size;
+  e->crc = crc;
+  e->written_ns = now_ns();
+  e->version = ++next_version_;
+  e->dram = std::move(v);
+  e->charged = charged;
+  *version = e->version;
+  if (files_) {
+    e->dirty = true;
+    dirty_bytes_ += e->size;
+    flush_queue_.push_back({true, key, e->version});
+    flush_cv_.notify_one();
+  } else {
+    lru_touch_locked(e.get());
+  }
+  index_[key] = std::move(e);
+}
+
+PutResult Store::commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (stopping_) return PutResult::ShuttingDown;
+  uint64_t version = 0;
+  uint64_t charged = r.bytes_;
+  r.store_ = nullptr;  // the entry owns the charge now
+  publish_locked(key, std::move(v), crc, charged, &version);
+  if (cfg_.fsync != FsyncMode::Always || !files_) return PutResult::Ok;
+  for (;;) {
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second->version != version) return PutResult::Ok;  // superseded
+    if (!it->second->dirty) return it->second->on_disk ? PutResult::Ok : PutResult::Internal;
+    if (stopping_ && flush_queue_.empty()) return PutResult::Internal;
+    durable_cv_.wait(lk);
+  }
+}
+
+ValuePtr Store::get(const std::string& key, uint32_t* crc) {
+  uint64_t version;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = index_.find(key);
+    if (it == index_.end()) return nullptr;
+    Entry* e = it->second.get();
+    if (e->dram) {
+      if (e->in_lru) lru_touch_locked(e);
+      if (e->on_disk) disk_touch_locked(key);
+      *crc = e->crc;
+      return e->dram;
+    }
+    if (!e->on_disk || !files_) return nullptr;
+    version = e->version;
+    ++disk_reads_;
+  }
+  bool corrupt = false;
+  uint32_t file_crc = 0;
+  ValuePtr v = files_->read(key, &corrupt, &file_crc);
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = index_.find(key);
+  bool same = it != index_.end() && it->second->version == version && !it->second->dram;
+  if (!v) {
+    if (corrupt) {
+      ++corrupt_;
+      log(LogLevel::Warning, "shard record failed verification and was dropped (key length " +
+                                 std::to_string(key.size()) + "); serving a miss");
+      if (same) {
+        it->second->on_disk = false;
+        drop_entry_locked(it->second.get());
+        flush_queue_.push_back({false, key, version});
+        flush_cv_.notify_one();
+      }
+    }
+    return nullptr;
+  }
+  *crc = file_crc;
+  if (same) {
+    // Promote into DRAM if it fits after evicting colder clean values.
+    Entry* e = it->second.get();
+    uint64_t need = charge(v->size, key.size());
+    while (dram_used_ + need > cfg_.dram_capacity && evict_one_locked()) {
+    }
+    auto again = index_.find(key);  // eviction may not touch e (not in the LRU), but be explicit
+    if (again != index_.end() && again->second.get() == e && dram_used_ + need <= cfg_.dram_capacity) {
+      e->dram = v;
+      e->charged = need;
+      dram_used_ += need;
+      lru_touch_locked(e);
+    }
+    disk_touch_locked(key);
+  }
+  return v;
+}
+
+bool Store::info(const std::string& key, ObjectInfo* out) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  const Entry* e = it->second.get();
+  out->size = e->size;
+  out->crc = e->crc;
+  out->written_ns = e->written_ns;
+  out->in_dram = e->dram != nullptr;
+  out->on_disk = e->on_disk;
+  return true;
+}
+
+bool Store::remove(const std::string& key) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = index_.find(key);
+    if (it == index_.end()) return false;
+    Entry* e = it->second.get();
+    if (e->on_disk) {
+      flush_queue_.push_back({false, key, e->version});
+      flush_cv_.notify_one();
+    }
+    drop_entry_locked(e);
+  }
+  space_cv_.notify_all();
+  return true;
+}
+
+void Store::flusher_main() {
+  std::vector<int> unsynced;
+  uint64_t last_sync = mono_ms();
+  const bool interval = cfg_.fsync == FsyncMode::Interval;
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    if (flush_queue_.empty()) {
+      if (stopping_) break;
+      int wait_ms = interval && !unsynced.empty() ? std::max(1, cfg_.fsync_interval_ms) : 1000;
+      flush_cv_.wait_for(lk, std::chrono::milliseconds(wait_ms));
+    }
+    uint64_t now = mono_ms();
+    expire_parts_locked(now);
+    if (!unsynced.empty() && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
+                              unsynced.size() >= 256 || (stopping_ && flush_queue_.empty()))) {
+      lk.unlock();
+      files_->sync_and_close(&unsynced);
+      lk.lock();
+      last_sync = mono_ms();
+    }
+    if (flush_queue_.empty()) continue;
+    FlushTask t = std::move(flush_queue_.front());
+    flush_queue_.pop_front();
+    flush_one(t, interval ? &unsynced : nullptr);
+  }
+  lk.unlock();
+  files_->sync_and_close(&unsynced);
+}
+
+// Called with mu_ held (through the flusher's lock); drops it around I/O.
+void Store::flush_one(const FlushTask& t, std::vector<int>* unsynced) {
+  std::unique_lock<std::mutex> lk(mu_, std::adopt_lock);
+  struct Release {  // hand the lock back to the caller's unique_lock
+    std::unique_lock<std::mutex>& l;
+    ~Release() { l.release(); }
+  } release{lk};
+
+  if (!t.write) {
+    auto d = disk_.find(t.key);
+    if (d == disk_.end()) return;
+    disk_used_ -= d->second.bytes;
+    disk_lru_.erase(d->second.lru);
+    disk_.erase(d);
+    lk.unlock();
+    files_->remove(t.key);
+    lk.lock();
+    return;
+  }
+
+  auto it = index_.find(t.key);
+  if (it == index_.end() || it->second->version != t.version || !it->second->dirty) return;
+  Entry* e = it->second.get();
+  ValuePtr v = e->dram;
+  const uint32_t crc = e->crc;
+  const uint64_t written_ns = e->written_ns;
+  const uint64_t need = ShardFiles::file_bytes(v->size);
+  auto old = disk_.find(t.key);
+  uint64_t old_bytes = old == disk_.end() ? 0 : old->second.bytes;
+  if (old != disk_.end()) {  // replaced by the rename below
+    disk_lru_.erase(old->second.lru);
+    disk_.erase(old);
+    disk_used_ -= old_bytes;
+  }
+  std::vector<std::string> victims;
+  while (disk_used_ + need > cfg_.disk_capacity && !disk_lru_.empty()) {
+    std::string victim = disk_lru_.back();
+    disk_lru_.pop_back();
+    auto d = disk_.find(victim);
+    disk_used_ -= d->second.bytes;
+    disk_.erase(d);
+    ++evictions_disk_;
+    auto ve = index_.find(victim);
+    if (ve != index_.end() && ve->second->on_disk) {
+      ve->second->on_disk = false;
+      if (!ve->second->dram && !ve->second->dirty) {
+        ++evictions_dropped_;
+        drop_entry_locked(ve->second.get());
+      }
+    }
+    victims.push_back(std::move(victim));
+  }
+  disk_used_ += need;  // reserved before the write so capacity holds throughout
+  disk_lru_.push_front(t.key);
+  disk_[t.key] = DiskRecord{need, disk_lru_.begin()};
+  lk.unlock();
+
+  for (const std::string& k : victims) files_->remove(k);
+  bool ok = true;
+  try {
+    files_->write(t.key, *v, crc, written_ns, cfg_.fsync == FsyncMode::Always, unsynced);
+  } catch (const std::exception& ex) {
+    ok = false;
+    log(LogLevel::Error, std::string("shard write failed; the value stays in DRAM only: ") + ex.what());
+  }
+
+  lk.lock();
+  if (!ok) {
+    ++flush_errors_;
+    auto d = disk_.find(t.key);
+    if (d != disk_.end()) {
+      disk_used_ -= d->second.bytes;
+      disk_lru_.erase(d->second.lru);
+      disk_.erase(d);
+    }
+    files_->remove(t.key);
+  } else {
+    ++flushed_;
+  }
+  auto now_it = index_.find(t.key);
+  if (now_it != index_.end() && now_it->second->version == t.version) {
+    Entry* cur = now_it->second.get();
+    cur->dirty = false;
+    dirty_bytes_ -= cur->size;
+    cur->on_disk = ok;
+    lru_touch_locked(cur);
+  }
+  space_cv_.notify_all();
+  durable_cv_.notify_all();
+}
+
+PutResult Store::part_begin(const std::string& key, uint64_t upload_id, uint64_t total, uint64_t offset,
+                            uint64_t len, PartTarget* target) {
+  if (total > max_value_bytes()) return PutResult::TooLarge;
+  if (offset > total || len > total - offset) return PutResult::BadRange;
+  auto id = std::make_pair(key, upload_id);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = parts_.find(id);
+    if (it != parts_.end()) {
+      if (it->second.total != total) return PutResult::BadRange;
+      ++it->second.writers;
+      it->second.last_active_ms = mono_ms();
+      target->buffer = it->second.buffer;
+      target->total = total;
+      return PutResult::Ok;
+    }
+  }
+  Reservation r;
+  PutResult pr = reserve(total, key.size(), &r);
+  if (pr != PutResult::Ok) return pr;
+  ValuePtr buf = Value::make(total);
+  std::lock_guard<std::mutex> lk(mu_);
+  Part& p = parts_[id];
+  if (!p.buffer) {
+    p.buffer = std::move(buf);
+    p.total = total;
+    p.reserved = r.bytes_;
+    r.store_ = nullptr;
+  } else if (p.total != total) {
+    return PutResult::BadRange;  // r releases itself after the lock is dropped... see below
+  }
+  ++p.writers;
+  p.last_active_ms = mono_ms();
+  target->buffer = p.buffer;
+  target->total = total;
+  return PutResult::Ok;
+}
+
+PutResult Store::part_done(const std::string& key, uint64_t upload_id, uint64_t offset, uint64_t len, bool ok,
+                           bool* complete, uint64_t* remaining) {
+  *complete = false;
+  Part done;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = parts_.find({key, upload_id});
+    if (it == parts_.end()) return PutResult::BadRange;
+    Part& p = it->second;
+    --p.writers;
+    p.last_active_ms = mono_ms();
+    if (ok && len) {
+      // Merge [offset, offset+len) into the covered ranges.
+      uint64_t start = offset, end = offset + len;
+      auto r = p.ranges.upper_bound(start);
+      if (r != p.ranges.begin()) {
+        auto prev = std::prev(r);
+        if (prev->second >= start) {
+          start = prev->first;
+          end = std::max(end, prev->second);
+          p.received -= prev->second - prev->first;
+          r = p.ranges.erase(prev);
+        }
+      }
+      while (r != p.ranges.end() && r->first <= end) {
+        end = std::max(end, r->second);
+        p.received -= r->second - r->first;
+        r = p.ranges.erase(r);
+      }
+      p.ranges[start] = end;
+      p.received += end - start;
+    }
+    *remaining = p.total - p.received;
+    if (p.received != p.total || p.writers != 0) return PutResult::Ok;
+    done = std::move(p);
+    parts_.erase(it);
+  }
+  *complete = true;
+  *remaining = 0;
+  uint32_t crc = crc32c(0, done.buffer->data, done.buffer->size);
+  return commit(key, std::move(done.buffer), crc, Reservation(this, done.reserved));
+}
+
+bool Store::part_abort(const std::string& key, uint64_t upload_id) {
+  uint64_t reserved = 0;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = parts_.find({key, upload_id});
+    if (it == parts_.end()) return false;
+    reserved = it->second.reserved;
+    parts_.erase(it);
+  }
+  release_dram(reserved);
+  return true;
+}
+
+void Store::expire_parts_locked(uint64_t now_ms) {
+  for (auto it = parts_.begin(); it != parts_.end();) {
+    Part& p = it->second;
+    if (p.writers == 0 && now_ms - p.last_active_ms > static_cast<uint64_t>(cfg_.part_idle_timeout_ms)) {
+      dram_used_ -= p.reserved;
+      log(LogLevel::Warning, "dropped an incomplete multi-part write after " +
+                                 std::to_string(cfg_.part_idle_timeout_ms) + " ms without progress");
+      it = parts_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+StoreStats Store::stats() {
+  std::lock_guard<std::mutex> lk(mu_);
+  StoreStats s;
+  s.keys = index_.size();
+  for (const auto& kv : index_) s.dram_keys += kv.second->dram ? 1 : 0;
+  s.disk_keys = disk_.size();
+  s.dram_used = dram_used_;
+  s.disk_used = disk_used_;
+  s.dirty_bytes = dirty_bytes_;
+  s.dram_capacity = cfg_.dram_capacity;
+  s.disk_capacity = cfg_.disk_capacity;
+  s.evictions_dram = evictions_dram_;
+  s.evictions_disk = evictions_disk_;
+  s.evictions_dropped = evictions_dropped_;
+  s.corrupt_detected = corrupt_;
+  s.flush_errors = flush_errors_;
+  s.flushed = flushed_;
+  s.pending_parts = parts_.size();
+  s.disk_reads = disk_reads_;
+  return s;
+}
+
+}  // namespace memkv

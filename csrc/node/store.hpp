@@ -1,0 +1,185 @@
+// The node's object store: the key index, the DRAM tier (LRU), write-back to
+// the shard files by one flusher thread, and multi-part writes that become
+// visible only when complete.
+//
+// Invariants: DRAM usage (values + per-entry overhead + reservations for
+// values being received) never exceeds dram_capacity; disk usage never
+// exceeds disk_capacity; an object is visible only after its bytes were
+// received and verified; unflushed ("dirty") values are never evicted, so an
+// acknowledged put reaches its shard unless the process dies first. All file
+// creation and removal happens on the flusher thread, in queue order, so
+// writes and deletes of one key can never overtake each other on disk.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "shard_files.hpp"
+#include "value.hpp"
+
+namespace memkv {
+
+struct StoreConfig {
+  std::string data_dir;
+  uint64_t dram_capacity = 1ull << 30;
+  uint64_t disk_capacity = 0;  // 0: DRAM only, nothing persisted
+  FsyncMode fsync = FsyncMode::Interval;
+  int fsync_interval_ms = 1000;
+  int space_wait_ms = 30000;          // how long a put may wait for the flusher to free DRAM
+  int part_idle_timeout_ms = 120000;  // abandoned multi-part writes are dropped after this
+};
+
+struct StoreStats {
+  uint64_t keys = 0, dram_keys = 0, disk_keys = 0;
+  uint64_t dram_used = 0, disk_used = 0, dirty_bytes = 0;
+  uint64_t dram_capacity = 0, disk_capacity = 0;
+  uint64_t evictions_dram = 0, evictions_disk = 0, evictions_dropped = 0;
+  uint64_t corrupt_detected = 0, flush_errors = 0, flushed = 0, pending_parts = 0;
+  uint64_t disk_reads = 0;
+};
+
+enum class PutResult { Ok, TooLarge, NoSpace, ShuttingDown, BadRange, Internal };
+
+// DRAM reserved for a value while it is being received. Releases itself
+// unless handed to Store::commit.
+class Reservation {
+ public:
+  Reservation() = default;
+  Reservation(Reservation&& o) noexcept : store_(o.store_), bytes_(o.bytes_) { o.store_ = nullptr; }
+  Reservation& operator=(Reservation&& o) noexcept;
+  ~Reservation();
+  uint64_t bytes() const { return bytes_; }
+  explicit operator bool() const { return store_ != nullptr; }
+
+ private:
+  friend class Store;
+  Reservation(class Store* s, uint64_t b) : store_(s), bytes_(b) {}
+  class Store* store_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
+struct ObjectInfo {
+  uint64_t size = 0;
+  uint32_t crc = 0;
+  uint64_t written_ns = 0;
+  bool in_dram = false, on_disk = false;
+};
+
+class Store {
+ public:
+  explicit Store(StoreConfig cfg);
+  ~Store();
+  Store(const Store&) = delete;
+
+  // Rebuilds the index from the shard files and starts the flusher.
+  void open();
+  // Flushes every dirty value, syncs, stops the flusher.
+  void close();
+
+  uint64_t max_value_bytes() const;
+  // DRAM accounted for one value of `size` bytes under `key_len`.
+  static uint64_t charge(uint64_t size, size_t key_len);
+
+  PutResult reserve(uint64_t size, size_t key_len, Reservation* out);
+  // Publishes a received, verified value. Waits for the shard write when
+  // fsync=always.
+  PutResult commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r);
+
+  // Returns the value (loading and verifying it from its shard if needed), or
+  // nullptr on a miss.
+  ValuePtr get(const std::string& key, uint32_t* crc);
+  bool info(const std::string& key, ObjectInfo* out);
+  bool remove(const std::string& key);
+
+  // Multi-part writes: the part's bytes land in the pending object; returns
+  // Ok with *complete set once every byte of [0, total) has arrived, at which
+  // point the object is published atomically.
+  struct PartTarget {
+    ValuePtr buffer;
+    uint64_t total = 0;
+  };
+  PutResult part_begin(const std::string& key, uint64_t upload_id, uint64_t total, uint64_t offset, uint64_t len,
+                       PartTarget* target);
+  PutResult part_done(const std::string& key, uint64_t upload_id, uint64_t offset, uint64_t len, bool ok,
+                      bool* complete, uint64_t* remaining);
+  bool part_abort(const std::string& key, uint64_t upload_id);
+
+  StoreStats stats();
+  bool direct_io() const { return files_ ? files_->direct_io() : false; }
+  uint64_t startup_ms() const { return startup_ms_; }
+
+ private:
+  friend class Reservation;
+  struct Entry {
+    std::string key;
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    uint64_t written_ns = 0;
+    uint64_t version = 0;
+    ValuePtr dram;
+    uint64_t charged = 0;  // DRAM accounted while resident
+    bool dirty = false;    // resident, not yet on its shard
+    bool on_disk = false;  // the shard holds this version
+    bool in_lru = false;
+    std::list<Entry*>::iterator lru;  // clean, resident entries only
+  };
+  struct DiskRecord {
+    uint64_t bytes = 0;
+    std::list<std::string>::iterator lru;
+  };
+  struct FlushTask {
+    bool write;  // else remove
+    std::string key;
+    uint64_t version;
+  };
+  struct Part {
+    ValuePtr buffer;
+    uint64_t total = 0;
+    uint64_t received = 0;
+    std::map<uint64_t, uint64_t> ranges;  // offset -> end of bytes already written
+    uint64_t reserved = 0;  // DRAM charged for the buffer
+    int writers = 0;
+    uint64_t last_active_ms = 0;
+  };
+
+  void release_dram(uint64_t bytes);
+  bool evict_one_locked();
+  void drop_entry_locked(Entry* e);
+  void lru_touch_locked(Entry* e);
+  void lru_unlink_locked(Entry* e);
+  void disk_touch_locked(const std::string& key);
+  void publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uint64_t charged, uint64_t* version);
+  void flusher_main();
+  void flush_one(const FlushTask& t, std::vector<int>* unsynced);
+  void expire_parts_locked(uint64_t now_ms);
+
+  StoreConfig cfg_;
+  std::unique_ptr<ShardFiles> files_;
+  std::mutex mu_;
+  std::condition_variable space_cv_;    // DRAM freed / entries cleaned
+  std::condition_variable flush_cv_;    // work for the flusher
+  std::condition_variable durable_cv_;  // a version reached its shard
+  std::unordered_map<std::string, std::unique_ptr<Entry>> index_;
+  std::list<Entry*> lru_;  // front = most recently used
+  std::unordered_map<std::string, DiskRecord> disk_;
+  std::list<std::string> disk_lru_;
+  std::deque<FlushTask> flush_queue_;
+  std::map<std::pair<std::string, uint64_t>, Part> parts_;
+  uint64_t dram_used_ = 0, disk_used_ = 0, dirty_bytes_ = 0, next_version_ = 0;
+  uint64_t evictions_dram_ = 0, evictions_disk_ = 0, evictions_dropped_ = 0, corrupt_ = 0, flush_errors_ = 0,
+           flushed_ = 0, disk_reads_ = 0;
+  bool stopping_ = false;
+  std::thread flusher_;
+  uint64_t startup_ms_ = 0;
+};
+
+}  // namespace memkv

@@ -1,0 +1,143 @@
+// The MemKV wire protocol, version 1: constants, op codes, statuses and the
+// fixed frame header. docs/protocol.md is the prose description of this file;
+// the node and the client both build on it, nothing else defines the format.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace memkv::wire {
+
+constexpr uint16_t kVersion = 1;
+constexpr uint16_t kMinVersion = 1;
+
+constexpr size_t kMaxKeyLen = 512;
+constexpr size_t kMaxMetaLen = 16u << 20;            // keys + sizes of one frame
+constexpr uint64_t kMaxDataLen = 1ull << 40;         // bulk bytes of one frame
+constexpr uint32_t kMaxBatchItems = 65536;
+constexpr uint64_t kMissing = ~0ull;                 // "no such object" in size arrays
+
+// Handshake messages (fixed size, before any session key exists).
+constexpr uint32_t kHelloMagic = 0x484B564D;        // "MKVH"  client -> node
+constexpr uint32_t kServerHelloMagic = 0x534B564D;  // "MKVS"  node -> client
+constexpr uint32_t kAuthMagic = 0x414B564D;         // "MKVA"  client -> node
+constexpr uint32_t kAuthResultMagic = 0x524B564D;   // "MKVR"  node -> client
+constexpr uint32_t kFrameMagic = 0x464B564D;        // "MKVF"
+constexpr size_t kNonceLen = 32;
+constexpr size_t kNodeIdLen = 16;
+
+#pragma pack(push, 1)
+struct ClientHello {  // 64 bytes
+  uint32_t magic;
+  uint16_t min_version;
+  uint16_t max_version;
+  uint8_t nonce[kNonceLen];
+  uint8_t reserved[24];
+};
+struct ServerHello {  // 128 bytes
+  uint32_t magic;
+  uint16_t version;  // chosen; 0 when none of the client's range is spoken
+  uint16_t status;
+  uint8_t nonce[kNonceLen];
+  uint8_t node_id[kNodeIdLen];
+  uint64_t max_value_bytes;  // largest value this node accepts
+  uint8_t proof[32];         // HMAC(K, "memkv/1 server" | client nonce | server nonce | node_id | max_value)
+  uint8_t reserved[32];
+};
+struct ClientAuth {  // 64 bytes
+  uint32_t magic;
+  uint32_t reserved0;
+  uint8_t proof[32];  // HMAC(K, "memkv/1 client" | client nonce | server nonce)
+  uint8_t reserved[24];
+};
+struct AuthResult {  // 16 bytes
+  uint32_t magic;
+  uint16_t status;
+  uint8_t reserved[10];
+};
+// Every frame after the handshake, in both directions.
+struct FrameHeader {  // 64 bytes
+  uint32_t magic;
+  uint8_t op;
+  uint8_t flags;
+  uint16_t status;    // responses only
+  uint64_t seq;       // per direction, 1, 2, 3 ... (replay and reorder guard)
+  uint32_t meta_len;  // metadata after the header, covered by the MAC
+  uint32_t reserved;
+  uint64_t data_len;  // bulk bytes after the metadata, covered by CRC-32C in the metadata
+  uint8_t mac[32];    // HMAC(direction key, header[0:32] | metadata)
+};
+#pragma pack(pop)
+static_assert(sizeof(ClientHello) == 64);
+static_assert(sizeof(ServerHello) == 128);
+static_assert(sizeof(ClientAuth) == 64);
+static_assert(sizeof(AuthResult) == 16);
+static_assert(sizeof(FrameHeader) == 64);
+constexpr size_t kMacCovered = 32;  // header bytes before `mac`
+
+enum Op : uint8_t {
+  kPut = 0x01,
+  kGet = 0x02,
+  kExists = 0x03,
+  kDelete = 0x04,
+  kStat = 0x05,
+  kPing = 0x06,
+  kBatchPut = 0x10,
+  kBatchGet = 0x11,
+  kBatchExists = 0x12,
+  kBatchDelete = 0x13,
+  kPutPart = 0x20,
+  kAbortPart = 0x21,
+};
+
+enum Status : uint16_t {
+  kOk = 0,
+  kNotFound = 1,
+  kBadRequest = 2,
+  kAuthFailed = 3,
+  kTooLarge = 4,
+  kChecksumMismatch = 5,
+  kNoSpace = 6,
+  kInternal = 7,
+  kVersionUnsupported = 8,
+  kBadRange = 9,
+  kShuttingDown = 10,
+  kKeyInvalid = 11,
+};
+
+inline const char* op_name(uint8_t op) {
+  switch (op) {
+    case kPut: return "put";
+    case kGet: return "get";
+    case kExists: return "exists";
+    case kDelete: return "delete";
+    case kStat: return "stat";
+    case kPing: return "ping";
+    case kBatchPut: return "batch_put";
+    case kBatchGet: return "batch_get";
+    case kBatchExists: return "batch_exists";
+    case kBatchDelete: return "batch_delete";
+    case kPutPart: return "put_part";
+    case kAbortPart: return "abort_part";
+    default: return "unknown";
+  }
+}
+
+inline const char* status_name(uint16_t s) {
+  switch (s) {
+    case kOk: return "ok";
+    case kNotFound: return "not found";
+    case kBadRequest: return "bad request";
+    case kAuthFailed: return "authentication failed";
+    case kTooLarge: return "value too large";
+    case kChecksumMismatch: return "checksum mismatch";
+    case kNoSpace: return "no space";
+    case kInternal: return "internal error";
+    case kVersionUnsupported: return "protocol version unsupported";
+    case kBadRange: return "range outside the object";
+    case kShuttingDown: return "node shutting down";
+    case kKeyInvalid: return "invalid key";
+    default: return "unknown status";
+  }
+}
+
+}  // namespace memkv::wire

@@ -1,0 +1,176 @@
+#include "session.hpp"
+
+#include <cstring>
+#include <string>
+
+#include "../common/error.hpp"
+
+namespace memkv::wire {
+namespace {
+
+constexpr std::string_view kServerProofLabel = "memkv/1 server";
+constexpr std::string_view kClientProofLabel = "memkv/1 client";
+constexpr std::string_view kC2SLabel = "memkv/1 c2s";
+constexpr std::string_view kS2CLabel = "memkv/1 s2c";
+
+Key32 derive(Hmac& master, std::string_view label, const uint8_t* cn, const uint8_t* sn) {
+  Key32 k{};
+  master.sign({Span(label), Span(cn, kNonceLen), Span(sn, kNonceLen)}, k.data());
+  return k;
+}
+
+}  // namespace
+
+Session::Session(Socket sock, const Key32& send_key, const Key32& recv_key)
+    : sock_(std::move(sock)), send_mac_(send_key.data()), recv_mac_(recv_key.data()) {}
+
+std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int timeout_ms) {
+  Hmac master(key.data());
+  ClientHello hello{};
+  hello.magic = kHelloMagic;
+  hello.min_version = kMinVersion;
+  hello.max_version = kVersion;
+  random_bytes(hello.nonce, kNonceLen);
+  sock.send_all(&hello, sizeof(hello), timeout_ms);
+
+  ServerHello sh{};
+  sock.recv_exact(&sh, sizeof(sh), timeout_ms);
+  const std::string& who = sock.peer();
+  if (sh.magic != kServerHelloMagic)
+    fail(ErrorKind::Protocol, who + " is not a MemKV node (bad handshake magic); check MEMKV_SERVERS");
+  if (sh.version == 0 || sh.status == kVersionUnsupported)
+    fail(ErrorKind::Protocol, who + " speaks no protocol version in " + std::to_string(kMinVersion) + ".." +
+                                  std::to_string(kVersion) + "; upgrade the client or the node");
+  if (!master.verify({Span(kServerProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen),
+                      Span(sh.node_id, kNodeIdLen), Span(&sh.max_value_bytes, 8)},
+                     sh.proof))
+    fail(ErrorKind::Auth, "authentication with " + who +
+                              " failed: the node holds a different auth key (check MEMKV_AUTH_KEY on both sides)");
+
+  ClientAuth auth{};
+  auth.magic = kAuthMagic;
+  master.sign({Span(kClientProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen)}, auth.proof);
+  sock.send_all(&auth, sizeof(auth), timeout_ms);
+  AuthResult res{};
+  sock.recv_exact(&res, sizeof(res), timeout_ms);
+  if (res.magic != kAuthResultMagic) fail(ErrorKind::Protocol, who + " sent a malformed handshake reply");
+  if (res.status != kOk)
+    fail(ErrorKind::Auth, "authentication with " + who + " failed: the node rejected our auth key (check MEMKV_AUTH_KEY)");
+
+  Key32 c2s = derive(master, kC2SLabel, hello.nonce, sh.nonce);
+  Key32 s2c = derive(master, kS2CLabel, hello.nonce, sh.nonce);
+  std::unique_ptr<Session> s(new Session(std::move(sock), c2s, s2c));
+  s->peer_.version = sh.version;
+  std::memcpy(s->peer_.node_id.data(), sh.node_id, kNodeIdLen);
+  s->peer_.max_value_bytes = sh.max_value_bytes;
+  return s;
+}
+
+std::unique_ptr<Session> Session::server(Socket sock, const Key32& key, const std::array<uint8_t, kNodeIdLen>& node_id,
+                                         uint64_t max_value_bytes, int timeout_ms, std::string* why) {
+  Hmac master(key.data());
+  ClientHello hello{};
+  if (!sock.recv_first(&hello, sizeof(hello), timeout_ms, timeout_ms)) {
+    *why = "closed before the handshake";
+    return nullptr;
+  }
+  if (hello.magic != kHelloMagic) {
+    *why = "not a MemKV client (bad handshake magic)";
+    return nullptr;
+  }
+  ServerHello sh{};
+  sh.magic = kServerHelloMagic;
+  if (hello.min_version > kVersion || hello.max_version < kMinVersion) {
+    sh.version = 0;
+    sh.status = kVersionUnsupported;
+    sock.send_all(&sh, sizeof(sh), timeout_ms);
+    *why = "client speaks protocol versions " + std::to_string(hello.min_version) + ".." +
+           std::to_string(hello.max_version) + " only";
+    return nullptr;
+  }
+  sh.version = std::min<uint16_t>(hello.max_version, kVersion);
+  random_bytes(sh.nonce, kNonceLen);
+  std::memcpy(sh.node_id, node_id.data(), kNodeIdLen);
+  sh.max_value_bytes = max_value_bytes;
+  master.sign({Span(kServerProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen),
+               Span(sh.node_id, kNodeIdLen), Span(&sh.max_value_bytes, 8)},
+              sh.proof);
+  sock.send_all(&sh, sizeof(sh), timeout_ms);
+
+  ClientAuth auth{};
+  if (!sock.recv_first(&auth, sizeof(auth), timeout_ms, timeout_ms)) {
+    *why = "authentication failed: the client does not hold our auth key";
+    return nullptr;
+  }
+  AuthResult res{};
+  res.magic = kAuthResultMagic;
+  bool ok = auth.magic == kAuthMagic &&
+            master.verify({Span(kClientProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen)}, auth.proof);
+  res.status = ok ? kOk : kAuthFailed;
+  sock.send_all(&res, sizeof(res), timeout_ms);
+  if (!ok) {
+    *why = "authentication failed: bad client proof (wrong auth key)";
+    return nullptr;
+  }
+  Key32 c2s = derive(master, kC2SLabel, hello.nonce, sh.nonce);
+  Key32 s2c = derive(master, kS2CLabel, hello.nonce, sh.nonce);
+  std::unique_ptr<Session> s(new Session(std::move(sock), s2c, c2s));
+  s->peer_.version = sh.version;
+  return s;
+}
+
+void Session::seal(FrameHeader* h, const std::vector<uint8_t>& meta) {
+  h->magic = kFrameMagic;
+  h->seq = ++send_seq_;
+  h->meta_len = static_cast<uint32_t>(meta.size());
+  h->reserved = 0;
+  send_mac_.sign({Span(h, kMacCovered), Span(meta.data(), meta.size())}, h->mac);
+}
+
+void Session::send_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta, const struct iovec* data,
+                         int n_data, uint64_t data_len, int timeout_ms) {
+  FrameHeader h{};
+  h.op = op;
+  h.status = status;
+  h.data_len = data_len;
+  seal(&h, meta);
+  // One sendmsg for small frames; large data goes straight from caller memory.
+  std::vector<struct iovec> iov;
+  iov.reserve(2 + static_cast<size_t>(n_data));
+  iov.push_back({&h, sizeof(h)});
+  if (!meta.empty()) iov.push_back({const_cast<uint8_t*>(meta.data()), meta.size()});
+  for (int i = 0; i < n_data; ++i)
+    if (data[i].iov_len) iov.push_back(data[i]);
+  sock_.send_iov(iov.data(), static_cast<int>(iov.size()), timeout_ms);
+}
+
+std::vector<uint8_t> Session::encode_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta,
+                                           const std::vector<uint8_t>& data) {
+  FrameHeader h{};
+  h.op = op;
+  h.status = status;
+  h.data_len = data.size();
+  seal(&h, meta);
+  std::vector<uint8_t> out(sizeof(h));
+  std::memcpy(out.data(), &h, sizeof(h));
+  out.insert(out.end(), meta.begin(), meta.end());
+  out.insert(out.end(), data.begin(), data.end());
+  return out;
+}
+
+bool Session::recv_frame(FrameHeader* h, std::vector<uint8_t>* meta, int idle_timeout_ms, int timeout_ms) {
+  if (!sock_.recv_first(h, sizeof(*h), idle_timeout_ms, timeout_ms)) return false;
+  if (h->magic != kFrameMagic) fail(ErrorKind::Protocol, "bad frame magic from " + sock_.peer());
+  if (h->meta_len > kMaxMetaLen || h->data_len > kMaxDataLen)
+    fail(ErrorKind::Protocol, "frame from " + sock_.peer() + " exceeds the protocol size limits");
+  meta->resize(h->meta_len);
+  if (h->meta_len) sock_.recv_exact(meta->data(), h->meta_len, timeout_ms);
+  if (!recv_mac_.verify({Span(h, kMacCovered), Span(meta->data(), meta->size())}, h->mac))
+    fail(ErrorKind::Protocol, "frame from " + sock_.peer() + " failed authentication (tampered, or replayed from another connection)");
+  if (h->seq != recv_seq_ + 1)
+    fail(ErrorKind::Protocol, "frame from " + sock_.peer() + " is out of sequence (replayed or reordered)");
+  ++recv_seq_;
+  return true;
+}
+
+}  // namespace memkv::wire

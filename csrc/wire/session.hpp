@@ -1,0 +1,63 @@
+// An authenticated session over one TCP connection: the handshake (mutual
+// proof of the shared key, fresh nonces, per-direction session keys) and the
+// framing that MACs and sequences every frame afterwards. A frame replayed on
+// another connection fails its MAC (different session keys); a frame replayed
+// or reordered on the same connection fails its sequence check.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "../common/hmac.hpp"
+#include "../common/socket.hpp"
+#include "protocol.hpp"
+
+namespace memkv::wire {
+
+using Key32 = std::array<uint8_t, kKeyLen>;
+
+struct PeerInfo {
+  uint16_t version = 0;
+  std::array<uint8_t, kNodeIdLen> node_id{};
+  uint64_t max_value_bytes = 0;
+};
+
+class Session {
+ public:
+  // Client side: runs the handshake on a connected socket. Throws Auth errors
+  // when the node does not prove the same key or rejects ours.
+  static std::unique_ptr<Session> client(Socket sock, const Key32& key, int timeout_ms);
+  // Node side: returns nullptr (after answering) when the peer fails to authenticate.
+  static std::unique_ptr<Session> server(Socket sock, const Key32& key, const std::array<uint8_t, kNodeIdLen>& node_id,
+                                         uint64_t max_value_bytes, int timeout_ms, std::string* why);
+
+  Socket& sock() { return sock_; }
+  const PeerInfo& peer() const { return peer_; }
+
+  // Sends header + metadata + the data pieces (which must add up to data_len).
+  void send_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta, const struct iovec* data, int n_data,
+                  uint64_t data_len, int timeout_ms);
+  // Builds the exact bytes send_frame would put on the wire for a frame with
+  // `data` inline (tests use this to tamper with and replay frames).
+  std::vector<uint8_t> encode_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta,
+                                    const std::vector<uint8_t>& data);
+
+  // Receives and verifies the next header and its metadata. Returns false if
+  // the peer closed, or sent nothing for idle_timeout_ms (-1: wait forever),
+  // before a frame began. The data section is left to the caller.
+  bool recv_frame(FrameHeader* h, std::vector<uint8_t>* meta, int idle_timeout_ms, int timeout_ms);
+
+ private:
+  Session(Socket sock, const Key32& send_key, const Key32& recv_key);
+  void seal(FrameHeader* h, const std::vector<uint8_t>& meta);
+
+  Socket sock_;
+  Hmac send_mac_;
+  Hmac recv_mac_;
+  uint64_t send_seq_ = 0;
+  uint64_t recv_seq_ = 0;
+  PeerInfo peer_;
+};
+
+}  // namespace memkv::wire

@@ -1,0 +1,377 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# distutils: language = c++
+"""The native client, exposed to nixl_memkv.client. Every call that touches
+the network releases the GIL; values are passed as raw pointers into the
+caller's buffers (bytes, bytearray, numpy arrays, torch CPU tensors)."""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_ANY_CONTIGUOUS
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free, calloc
+from libcpp cimport bool as cbool
+from libcpp.memory cimport unique_ptr
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+from memkv_core cimport string_view, raise_py_error, install_log_sink, Key32, copy_key
+cimport memkv_core as core
+
+import logging
+
+
+cdef extern from "../csrc/client/pool.hpp" namespace "memkv":
+    cppclass ServerAddr:
+        string name
+
+
+cdef extern from "../csrc/client/client.hpp" namespace "memkv":
+    cppclass ClientOptions:
+        vector[ServerAddr] servers
+        Key32 auth_key
+        int num_connections
+        int connect_timeout_ms
+        int op_timeout_ms
+
+    cppclass ObjectStat:
+        uint64_t size
+        uint32_t crc
+        cbool in_dram
+        cbool on_disk
+        uint64_t written_ns
+
+    cppclass Client:
+        Client(ClientOptions) except +raise_py_error
+        size_t num_servers()
+        size_t route(string_view key) nogil
+        void put(string_view, const void*, uint64_t) except +raise_py_error nogil
+        int64_t get_into(string_view, void*, uint64_t) except +raise_py_error nogil
+        int64_t exists(string_view) except +raise_py_error nogil
+        cbool remove(string_view) except +raise_py_error nogil
+        cbool stat(string_view, ObjectStat*) except +raise_py_error nogil
+        string ping(size_t) except +raise_py_error nogil
+        cbool put_part(string_view, uint64_t, uint64_t, uint64_t, const void*, uint64_t) except +raise_py_error nogil
+        void abort_part(string_view, uint64_t) except +raise_py_error nogil
+        void batch_put(const vector[string_view]&, const vector[const void*]&, const vector[uint64_t]&,
+                       vector[int]*, vector[string]*) except +raise_py_error nogil
+        void batch_get_into(const vector[string_view]&, const vector[void*]&, const vector[uint64_t]&,
+                            vector[int64_t]*, vector[string]*) except +raise_py_error nogil
+        void batch_exists(const vector[string_view]&, vector[int64_t]*, vector[string]*) except +raise_py_error nogil
+        void batch_remove(const vector[string_view]&, vector[int]*, vector[string]*) except +raise_py_error nogil
+        void close() nogil
+
+    int64_t kItemMissing
+    int64_t kItemChecksum
+    int64_t kItemTooSmall
+    int64_t kItemUnavailable
+    int64_t kItemError
+    int kStatusUnavailable
+
+
+ctypedef uint8_t* (*AllocFn)(void* ctx, uint64_t size) noexcept
+
+cdef extern from "client_glue.hpp" namespace "memkv::py":
+    int64_t get_alloc_c(Client&, string_view, AllocFn, void*) except +raise_py_error nogil
+    void set_server(ServerAddr&, const string&, const string&, uint16_t)
+    cppclass RawSession:
+        RawSession(const string&, uint16_t, const unsigned char*, int) except +raise_py_error
+        string encode(uint8_t, const string&, const string&) except +raise_py_error
+        void send_raw(const string&) except +raise_py_error nogil
+        int recv_status() except +raise_py_error nogil
+
+
+install_log_sink(logging.getLogger("memkv.native").getEffectiveLevel())
+
+ITEM_MISSING = kItemMissing
+ITEM_CHECKSUM = kItemChecksum
+ITEM_TOO_SMALL = kItemTooSmall
+ITEM_UNAVAILABLE = kItemUnavailable
+ITEM_ERROR = kItemError
+STATUS_UNAVAILABLE = kStatusUnavailable
+
+
+cdef class _Views:
+    """Holds the memory of a list of Python objects for the length of one
+    native call: buffer-protocol objects through Py_buffer, torch tensors
+    through data_ptr() (torch does not export the buffer protocol)."""
+    cdef Py_buffer* bufs
+    cdef int n
+    cdef vector[void*] ptrs
+    cdef vector[uint64_t] lens
+    cdef list keep
+
+    def __cinit__(self):
+        self.bufs = NULL
+        self.n = 0
+        self.keep = []
+
+    cdef int acquire(self, list objs, bint writable) except -1:
+        cdef int flags = PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+        cdef Py_ssize_t count = len(objs)
+        self.bufs = <Py_buffer*>calloc(count if count else 1, sizeof(Py_buffer))
+        if self.bufs == NULL:
+            raise MemoryError()
+        self.ptrs.reserve(count)
+        self.lens.reserve(count)
+        for obj in objs:
+            if PyObject_CheckBuffer(obj):
+                PyObject_GetBuffer(obj, &self.bufs[self.n], flags)
+                self.ptrs.push_back(self.bufs[self.n].buf)
+                self.lens.push_back(<uint64_t>self.bufs[self.n].len)
+                self.n += 1
+            elif hasattr(obj, "data_ptr") and hasattr(obj, "element_size"):
+                if getattr(obj, "device", None) is not None and obj.device.type != "cpu":
+                    raise TypeError("tensor is on %s: MemKV reads and writes CPU memory (copy it to the CPU first)" % obj.device)
+                if not obj.is_contiguous():
+                    raise TypeError("tensor is not contiguous: call .contiguous() first")
+                self.keep.append(obj)
+                self.ptrs.push_back(<void*><size_t>obj.data_ptr())
+                self.lens.push_back(<uint64_t>(obj.numel() * obj.element_size()))
+            else:
+                raise TypeError("expected bytes, bytearray, memoryview, a numpy array or a CPU torch tensor, got %s"
+                                % type(obj).__name__)
+        return 0
+
+    def __dealloc__(self):
+        cdef int i
+        if self.bufs != NULL:
+            for i in range(self.n):
+                PyBuffer_Release(&self.bufs[i])
+            free(self.bufs)
+
+
+cdef extern from "Python.h":
+    bint PyObject_CheckBuffer(object)
+
+
+cdef class _Keys:
+    """Keys as string_views into bytes objects kept alive alongside."""
+    cdef vector[string_view] views
+    cdef list keep
+
+    def __cinit__(self, list keys):
+        self.keep = []
+        self.views.reserve(len(keys))
+        cdef bytes b
+        for k in keys:
+            b = _key_bytes(k)
+            self.keep.append(b)
+            self.views.push_back(string_view(PyBytes_AS_STRING(b), len(b)))
+
+
+cdef inline bytes _key_bytes(object key):
+    if isinstance(key, bytes):
+        return <bytes>key
+    if isinstance(key, str):
+        return (<str>key).encode("utf-8")
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError("key must be str or bytes, got %s" % type(key).__name__)
+
+
+cdef uint8_t* _alloc_bytes(void* ctx, uint64_t size) noexcept with gil:
+    cdef object b
+    try:
+        b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
+    except MemoryError:
+        return NULL
+    (<list>ctx).append(b)
+    return <uint8_t*>PyBytes_AS_STRING(b)
+
+
+cdef class NativeClient:
+    cdef unique_ptr[Client] c
+    cdef readonly list servers
+
+    def __cinit__(self, list servers, bytes auth_key, int num_connections, int connect_timeout_ms, int op_timeout_ms):
+        """servers: list of (name, host, port); name is the routing identity."""
+        cdef ClientOptions opts
+        cdef ServerAddr a
+        if len(auth_key) != 32:
+            raise ValueError("auth key must be 32 bytes")
+        for name, host, port in servers:
+            set_server(a, name.encode(), host.encode(), port)
+            opts.servers.push_back(a)
+        copy_key(opts.auth_key, <const unsigned char*>PyBytes_AS_STRING(auth_key))
+        opts.num_connections = num_connections
+        opts.connect_timeout_ms = connect_timeout_ms
+        opts.op_timeout_ms = op_timeout_ms
+        self.c.reset(new Client(opts))
+        self.servers = [s[0] for s in servers]
+
+    def route(self, key):
+        cdef bytes b = _key_bytes(key)
+        return self.c.get().route(string_view(PyBytes_AS_STRING(b), len(b)))
+
+    def put(self, key, value):
+        cdef bytes b = _key_bytes(key)
+        cdef _Views v = _Views()
+        v.acquire([value], False)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef void* p = v.ptrs[0]
+        cdef uint64_t n = v.lens[0]
+        with nogil:
+            self.c.get().put(k, p, n)
+
+    def get(self, key):
+        cdef bytes b = _key_bytes(key)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef list out = []
+        cdef int64_t r
+        with nogil:
+            r = get_alloc_c(self.c.get()[0], k, _alloc_bytes, <void*>out)
+        if r < 0:
+            return None
+        return out[0]
+
+    def get_into(self, key, buffer):
+        cdef bytes b = _key_bytes(key)
+        cdef _Views v = _Views()
+        v.acquire([buffer], True)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef void* p = v.ptrs[0]
+        cdef uint64_t n = v.lens[0]
+        cdef int64_t r
+        with nogil:
+            r = self.c.get().get_into(k, p, n)
+        return None if r < 0 else r
+
+    def exists(self, key):
+        cdef bytes b = _key_bytes(key)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef int64_t r
+        with nogil:
+            r = self.c.get().exists(k)
+        return None if r < 0 else r
+
+    def remove(self, key):
+        cdef bytes b = _key_bytes(key)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef cbool r
+        with nogil:
+            r = self.c.get().remove(k)
+        return r
+
+    def stat(self, key):
+        cdef bytes b = _key_bytes(key)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef ObjectStat st
+        cdef cbool found
+        with nogil:
+            found = self.c.get().stat(k, &st)
+        if not found:
+            return None
+        return {"size": st.size, "crc32c": st.crc, "in_dram": st.in_dram, "on_disk": st.on_disk,
+                "written_ns": st.written_ns}
+
+    def ping(self, size_t server):
+        cdef string r
+        with nogil:
+            r = self.c.get().ping(server)
+        return r.decode()
+
+    def put_part(self, key, uint64_t upload_id, uint64_t total, uint64_t offset, value):
+        cdef bytes b = _key_bytes(key)
+        cdef _Views v = _Views()
+        v.acquire([value], False)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        cdef void* p = v.ptrs[0]
+        cdef uint64_t n = v.lens[0]
+        cdef cbool done
+        with nogil:
+            done = self.c.get().put_part(k, upload_id, total, offset, p, n)
+        return done
+
+    def abort_part(self, key, uint64_t upload_id):
+        cdef bytes b = _key_bytes(key)
+        cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
+        with nogil:
+            self.c.get().abort_part(k, upload_id)
+
+    def batch_put(self, list keys, list values):
+        """Returns (statuses, errors): a wire status per key, messages per failed node."""
+        if len(keys) != len(values):
+            raise ValueError("batch_put: %d keys but %d values" % (len(keys), len(values)))
+        cdef _Keys ks = _Keys(keys)
+        cdef _Views v = _Views()
+        v.acquire(values, False)
+        cdef vector[const void*] ptrs
+        cdef size_t i
+        for i in range(v.ptrs.size()):
+            ptrs.push_back(v.ptrs[i])
+        cdef vector[int] st
+        cdef vector[string] errs
+        with nogil:
+            self.c.get().batch_put(ks.views, ptrs, v.lens, &st, &errs)
+        return list(st), [e.decode() for e in errs]
+
+    def batch_get_into(self, list keys, list buffers):
+        """Returns (results, errors): a size or a negative ITEM_* code per key."""
+        if len(keys) != len(buffers):
+            raise ValueError("batch_get_into: %d keys but %d buffers" % (len(keys), len(buffers)))
+        cdef _Keys ks = _Keys(keys)
+        cdef _Views v = _Views()
+        v.acquire(buffers, True)
+        cdef vector[int64_t] res
+        cdef vector[string] errs
+        with nogil:
+            self.c.get().batch_get_into(ks.views, v.ptrs, v.lens, &res, &errs)
+        return list(res), [e.decode() for e in errs]
+
+    def batch_exists(self, list keys):
+        cdef _Keys ks = _Keys(keys)
+        cdef vector[int64_t] res
+        cdef vector[string] errs
+        with nogil:
+            self.c.get().batch_exists(ks.views, &res, &errs)
+        return list(res), [e.decode() for e in errs]
+
+    def batch_remove(self, list keys):
+        cdef _Keys ks = _Keys(keys)
+        cdef vector[int] st
+        cdef vector[string] errs
+        with nogil:
+            self.c.get().batch_remove(ks.views, &st, &errs)
+        return list(st), [e.decode() for e in errs]
+
+    def close(self):
+        if self.c.get() != NULL:
+            with nogil:
+                self.c.get().close()
+            self.c.reset()
+
+
+cdef class _RawSession:
+    """Test hook: one authenticated session with access to exact frame bytes."""
+    cdef unique_ptr[RawSession] s
+
+    def __cinit__(self, str host, int port, bytes auth_key, int timeout_ms=5000):
+        self.s.reset(new RawSession(host.encode(), port, <const unsigned char*>PyBytes_AS_STRING(auth_key), timeout_ms))
+
+    def encode(self, int op, bytes meta, bytes data=b""):
+        return <bytes>self.s.get().encode(op, meta, data)
+
+    def send_raw(self, bytes frame):
+        cdef string f = frame
+        with nogil:
+            self.s.get().send_raw(f)
+
+    def recv_status(self):
+        cdef int r
+        with nogil:
+            r = self.s.get().recv_status()
+        return r
+
+
+def crc32c(data, uint32_t crc=0):
+    """CRC-32C of a buffer (the checksum MemKV carries with every value)."""
+    cdef _Views v = _Views()
+    v.acquire([data], False)
+    cdef uint32_t r
+    with nogil:
+        r = core.crc32c(crc, v.ptrs[0], v.lens[0])
+    return r
+
+
+def crc32c_impl():
+    return core.crc32c_impl().decode()

@@ -1,0 +1,162 @@
+# cython: language_level=3
+# distutils: language = c++
+"""The native node (data port + store), exposed to nixl_memkv.node. The node
+runs on its own native threads; Python only starts, stops and reads stats."""
+
+from cpython.bytes cimport PyBytes_AS_STRING
+from libc.stdint cimport uint8_t, uint16_t, uint64_t
+from libcpp.memory cimport unique_ptr
+from libcpp.string cimport string
+
+from memkv_core cimport raise_py_error, install_log_sink, Key32, copy_key
+
+import logging
+
+
+cdef extern from "../csrc/node/shard_files.hpp" namespace "memkv":
+    cpdef enum class FsyncMode:
+        Always
+        Interval
+        Never
+
+
+cdef extern from "../csrc/node/store.hpp" namespace "memkv":
+    cppclass StoreConfig:
+        string data_dir
+        uint64_t dram_capacity
+        uint64_t disk_capacity
+        FsyncMode fsync
+        int fsync_interval_ms
+        int space_wait_ms
+
+    cppclass StoreStats:
+        uint64_t keys, dram_keys, disk_keys
+        uint64_t dram_used, disk_used, dirty_bytes
+        uint64_t dram_capacity, disk_capacity
+        uint64_t evictions_dram, evictions_disk, evictions_dropped
+        uint64_t corrupt_detected, flush_errors, flushed, pending_parts, disk_reads
+
+    cppclass Store:
+        uint64_t max_value_bytes()
+        bint direct_io()
+        uint64_t startup_ms()
+
+
+cdef extern from "../csrc/node/server.hpp" namespace "memkv":
+    int kOpSlots
+
+    cppclass NodeStats:
+        StoreStats store
+        uint64_t ops[34]
+        uint64_t op_errors[34]
+        uint64_t bytes_in, bytes_out, hits, misses
+        uint64_t connections, connections_total, auth_failures, protocol_errors, rejected_connections
+        uint64_t checksum_failures
+
+    cppclass NodeOptions:
+        string host
+        uint16_t port
+        Key32 auth_key
+        NodeId node_id
+        StoreConfig store
+        int max_connections
+        int io_timeout_ms
+
+    cppclass Node:
+        Node(NodeOptions) except +raise_py_error
+        void start() except +raise_py_error nogil
+        void stop() except +raise_py_error nogil
+        uint16_t port()
+        NodeStats stats() nogil
+        Store& store()
+
+
+cdef extern from "py_glue.hpp" namespace "memkv::py":
+    cppclass NodeId:
+        pass
+    void copy_node_id(NodeId& dst, const unsigned char* src)
+
+
+cdef extern from "../csrc/wire/protocol.hpp" namespace "memkv::wire":
+    const char* op_name(uint8_t op)
+
+
+install_log_sink(logging.getLogger("memkv.native").getEffectiveLevel())
+
+_FSYNC = {"always": FsyncMode.Always, "interval": FsyncMode.Interval, "never": FsyncMode.Never}
+
+
+cdef class NativeNode:
+    cdef unique_ptr[Node] n
+
+    def __cinit__(self, *, str host, int port, bytes auth_key, bytes node_id, str data_dir, uint64_t dram_capacity,
+                  uint64_t disk_capacity, str fsync, int fsync_interval_ms, int max_connections,
+                  int io_timeout_ms=60000, int space_wait_ms=30000):
+        cdef NodeOptions o
+        if len(auth_key) != 32 or len(node_id) != 16:
+            raise ValueError("auth_key must be 32 bytes and node_id 16 bytes")
+        o.host = host.encode()
+        o.port = port
+        copy_key(o.auth_key, <const unsigned char*>PyBytes_AS_STRING(auth_key))
+        copy_node_id(o.node_id, <const unsigned char*>PyBytes_AS_STRING(node_id))
+        o.store.data_dir = data_dir.encode()
+        o.store.dram_capacity = dram_capacity
+        o.store.disk_capacity = disk_capacity
+        o.store.fsync = _FSYNC[fsync]
+        o.store.fsync_interval_ms = fsync_interval_ms
+        o.store.space_wait_ms = space_wait_ms
+        o.max_connections = max_connections
+        o.io_timeout_ms = io_timeout_ms
+        self.n.reset(new Node(o))
+
+    def start(self):
+        with nogil:
+            self.n.get().start()
+
+    def stop(self):
+        with nogil:
+            self.n.get().stop()
+
+    @property
+    def port(self):
+        return self.n.get().port()
+
+    @property
+    def max_value_bytes(self):
+        return self.n.get().store().max_value_bytes()
+
+    @property
+    def direct_io(self):
+        return self.n.get().store().direct_io()
+
+    @property
+    def startup_ms(self):
+        return self.n.get().store().startup_ms()
+
+    def stats(self):
+        cdef NodeStats s
+        with nogil:
+            s = self.n.get().stats()
+        ops = {}
+        errors = {}
+        cdef int i
+        for i in range(kOpSlots):
+            name = op_name(i).decode()
+            if name != "unknown":
+                ops[name] = s.ops[i]
+                errors[name] = s.op_errors[i]
+        st = s.store
+        return {
+            "keys": st.keys, "dram_keys": st.dram_keys, "disk_keys": st.disk_keys,
+            "dram_bytes_used": st.dram_used, "disk_bytes_used": st.disk_used, "dirty_bytes": st.dirty_bytes,
+            "dram_capacity_bytes": st.dram_capacity, "disk_capacity_bytes": st.disk_capacity,
+            "evictions_dram": st.evictions_dram, "evictions_disk": st.evictions_disk,
+            "evictions_dropped": st.evictions_dropped, "corrupt_records": st.corrupt_detected,
+            "flush_errors": st.flush_errors, "flushed": st.flushed, "pending_parts": st.pending_parts,
+            "disk_reads": st.disk_reads,
+            "ops": ops, "op_errors": errors,
+            "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "hits": s.hits, "misses": s.misses,
+            "connections": s.connections, "connections_total": s.connections_total,
+            "auth_failures": s.auth_failures, "protocol_errors": s.protocol_errors,
+            "rejected_connections": s.rejected_connections, "checksum_failures": s.checksum_failures,
+        }
