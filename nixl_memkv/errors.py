@@ -39,3 +39,11 @@ class KeyTooLong(MemKVError, ValueError):
 
 class ServerError(MemKVError):
     """The node answered an op with an error status."""
+
+
+class BatchError(MemKVError):
+    """Some items of a batch failed; `failed` maps each failed key to the reason."""
+
+    def __init__(self, message: str, failed: dict):
+        super().__init__(message)
+        self.failed = failed

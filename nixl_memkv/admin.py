@@ -1,0 +1,105 @@
+"""The node's HTTP admin port: /v1/health, /v1/status (JSON) and /metrics
+(Prometheus text via prometheus-client, read from the native counters at
+scrape time)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class _NodeCollector:
+    def __init__(self, status: Callable[[], dict]):
+        self._status = status
+
+    def collect(self):
+        s = self._status()
+        g = GaugeMetricFamily
+        c = CounterMetricFamily
+        yield g("memkv_up", "1 while the node serves", value=1 if s["serving"] else 0)
+        yield g("memkv_uptime_seconds", "Seconds since the node started", value=s["uptime_s"])
+        yield g("memkv_keys", "Objects stored", value=s["keys"])
+        used = g("memkv_bytes_used", "Bytes used per tier", labels=["tier"])
+        cap = g("memkv_capacity_bytes", "Configured capacity per tier", labels=["tier"])
+        for tier in ("dram", "disk"):
+            used.add_metric([tier], s["tiers"][tier]["bytes_used"])
+            cap.add_metric([tier], s["tiers"][tier]["capacity_bytes"])
+        yield used
+        yield cap
+        yield g("memkv_dirty_bytes", "Acknowledged bytes not yet written to shards", value=s["dirty_bytes"])
+        ops = c("memkv_ops", "Operations served", labels=["op"])
+        errs = c("memkv_op_errors", "Operations answered with an error status", labels=["op"])
+        for op, n in s["ops"].items():
+            ops.add_metric([op], n)
+            errs.add_metric([op], s["op_errors"][op])
+        yield ops
+        yield errs
+        yield c("memkv_bytes_received", "Value bytes received", value=s["bytes_in"])
+        yield c("memkv_bytes_sent", "Value bytes sent", value=s["bytes_out"])
+        yield c("memkv_hits", "Reads that found their object", value=s["hits"])
+        yield c("memkv_misses", "Reads that found nothing", value=s["misses"])
+        ev = c("memkv_evictions", "Objects evicted per tier", labels=["tier"])
+        ev.add_metric(["dram"], s["evictions"]["dram"])
+        ev.add_metric(["disk"], s["evictions"]["disk"])
+        yield ev
+        yield g("memkv_connections", "Open client connections", value=s["connections"])
+        yield c("memkv_auth_failures", "Connections rejected by authentication", value=s["auth_failures"])
+        yield c("memkv_protocol_errors", "Connections closed for a protocol violation", value=s["protocol_errors"])
+        yield c("memkv_checksum_failures", "Values rejected for a checksum mismatch in transit",
+                value=s["checksum_failures"])
+        yield c("memkv_corrupt_records", "Shard records that failed verification (served as misses)",
+                value=s["corrupt_records"])
+        yield c("memkv_flush_errors", "Shard writes that failed", value=s["flush_errors"])
+
+
+class AdminServer:
+    """Serves the admin endpoints on a background thread."""
+
+    def __init__(self, host: str, port: int, status: Callable[[], dict], healthy: Callable[[], bool]):
+        registry = CollectorRegistry()
+        registry.register(_NodeCollector(status))
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "memkv-admin"
+
+            def do_GET(self):  # noqa: N802 (http.server naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/v1/health":
+                    ok = healthy()
+                    self._send(200 if ok else 503, "application/json",
+                               json.dumps({"status": "ok" if ok else "stopping"}).encode())
+                elif path == "/v1/status":
+                    self._send(200, "application/json", json.dumps(status(), indent=2).encode())
+                elif path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                else:
+                    self._send(404, "application/json",
+                               json.dumps({"error": "not found", "endpoints": ["/v1/health", "/v1/status",
+                                                                             "/metrics"]}).encode())
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt, *args):  # scrapes are not worth a log line each
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="memkv-admin", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

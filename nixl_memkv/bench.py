@@ -1,0 +1,189 @@
+"""`memkv bench`: put/get throughput per value size and thread count, batched
+exists, and the raw loopback socket limit measured in the same run; every
+figure is printed as a ratio of that limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from .client import Client
+from .config import ClientConfig, NodeConfig, format_size, load_client_config, parse_size
+from .node import MemKVNode
+
+TARGET_RATIO = 0.8  # 4 MiB put and get against the raw socket, one client thread
+
+
+def raw_loopback_gbps(seconds: float, chunk: int = 4 << 20) -> float:
+    """One TCP stream over loopback: sendall of large buffers, recv_into a buffer."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    total = [0]
+    stop = threading.Event()
+
+    def sink() -> None:
+        conn, _ = ls.accept()
+        buf = memoryview(bytearray(chunk))
+        while True:
+            n = conn.recv_into(buf)
+            if not n:
+                break
+            total[0] += n
+        conn.close()
+
+    t = threading.Thread(target=sink)
+    t.start()
+    s = socket.create_connection(ls.getsockname())
+    data = bytes(chunk)
+    for _ in range(8):  # warm up
+        s.sendall(data)
+    start_total = total[0]
+    t0 = time.perf_counter()
+    sent = 0
+    while time.perf_counter() - t0 < seconds or sent < 64 * chunk:
+        s.sendall(data)
+        sent += chunk
+    s.shutdown(socket.SHUT_WR)
+    t.join()
+    dt = time.perf_counter() - t0
+    s.close()
+    ls.close()
+    stop.set()
+    return (total[0] - start_total) / dt / 1e9
+
+
+def _run_threads(n: int, fn) -> float:
+    """Runs fn(thread_index) on n threads; returns total bytes / s."""
+    results = [0] * n
+    errors: list[BaseException] = []
+
+    def wrap(i):
+        try:
+            results[i] = fn(i)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return sum(results) / dt
+
+
+def measure(client: Client, size: int, threads: int, seconds: float) -> tuple[float, float]:
+    keys_per_thread = max(2, min(64, (64 << 20) // size))
+    value = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    keys = [[f"bench/{size}/{t}/{i}" for i in range(keys_per_thread)] for t in range(threads)]
+    min_ops = max(8, keys_per_thread)
+
+    def put(t: int) -> int:
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or done < min_ops:
+            client.put(keys[t][done % keys_per_thread], value)
+            done += 1
+        return done * size
+
+    def get(t: int) -> int:
+        buf = np.empty(size, dtype=np.uint8)
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or done < min_ops:
+            if client.get_into(keys[t][done % keys_per_thread], buf) != size:
+                raise RuntimeError("benchmark value went missing (is the node's DRAM tier too small?)")
+            done += 1
+        return done * size
+
+    # One untimed pass so every key exists and the node's buffers are warm.
+    _run_threads(threads, lambda t: sum(client.put(k, value) or size for k in keys[t]))
+    return _run_threads(threads, put) / 1e9, _run_threads(threads, get) / 1e9
+
+
+def measure_exists(client: Client, n: int) -> float:
+    keys = [f"bench/exists/{i}" for i in range(n)]
+    vals = [b"x"] * n
+    for i in range(0, n, 4096):
+        client.batch_put(keys[i:i + 4096], vals[i:i + 4096])
+    client.batch_exists(keys)
+    rounds, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0 or rounds < 3:
+        if not all(client.batch_exists(keys)):
+            raise RuntimeError("batched exists lost keys")
+        rounds += 1
+    return rounds * n / (time.perf_counter() - t0)
+
+
+def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, exists_keys: int,
+              json_path: str | None, dram_only: bool = False) -> bool:
+    console = Console(stderr=json_path == "-")
+    size_list = [parse_size(s.strip(), "--sizes") for s in sizes.split(",") if s.strip()]
+    thread_list = [int(t) for t in threads.split(",") if t.strip()]
+    node = None
+    tmp = None
+    if servers:
+        cfg = load_client_config({"servers": servers})
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="memkv-bench-")
+        key = os.urandom(32)
+        node = MemKVNode(NodeConfig(data_dir=tmp.name, host="127.0.0.1", port=0, auth_key=key,
+                                    dram_capacity=4 << 30, disk_capacity=0 if dram_only else 16 << 30),
+                         admin=False).start()
+        cfg = ClientConfig(servers=(node.address,), auth_key=key, transport="tcp", num_connections=8)
+    rows = []
+    try:
+        with Client(config=cfg) as client, Progress(console=console, transient=True) as progress:
+            task = progress.add_task("raw loopback", total=1 + len(size_list) * len(thread_list) + 1)
+            raw = raw_loopback_gbps(seconds)
+            progress.advance(task)
+            for size in size_list:
+                for n in thread_list:
+                    progress.update(task, description=f"{format_size(size)} x {n} thread(s)")
+                    put, get = measure(client, size, n, seconds)
+                    rows.append({"size": size, "threads": n, "put_gbps": put, "get_gbps": get,
+                                 "put_ratio": put / raw, "get_ratio": get / raw})
+                    progress.advance(task)
+            progress.update(task, description=f"batched exists of {exists_keys} keys")
+            exists_rate = measure_exists(client, exists_keys)
+            progress.advance(task)
+    finally:
+        if node:
+            node.stop()
+        if tmp:
+            tmp.cleanup()
+
+    key_row = next((r for r in rows if r["size"] == 4 << 20 and r["threads"] == 1), None)
+    ok = key_row is None or (key_row["put_ratio"] >= TARGET_RATIO and key_row["get_ratio"] >= TARGET_RATIO)
+    t = Table(title=f"MemKV bench (raw loopback socket: {raw:.2f} GB/s)")
+    for col in ("value", "threads", "put GB/s", "put / raw", "get GB/s", "get / raw"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(format_size(r["size"]), str(r["threads"]), f"{r['put_gbps']:.2f}", f"{r['put_ratio']:.2f}",
+                  f"{r['get_gbps']:.2f}", f"{r['get_ratio']:.2f}")
+    console.print(t)
+    console.print(f"batched exists: {exists_rate:,.0f} keys/s ({exists_keys} keys per call)")
+    if key_row:
+        verdict = "[green]met[/green]" if ok else "[red]NOT met[/red]"
+        console.print(f"target 4 MiB put and get >= {TARGET_RATIO}x raw socket: {verdict} "
+                      f"(put {key_row['put_ratio']:.2f}x, get {key_row['get_ratio']:.2f}x)")
+    doc = {"raw_loopback_gbps": raw, "results": rows, "batched_exists_keys_per_s": exists_rate,
+           "exists_batch": exists_keys, "target_ratio": TARGET_RATIO, "target_met": ok,
+           "node": "external" if servers else ("embedded, DRAM only" if dram_only else "embedded, DRAM + shards")}
+    if json_path == "-":
+        print(json.dumps(doc, indent=2))
+    elif json_path:
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=2)
+    return ok

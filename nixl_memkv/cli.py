@@ -1,0 +1,218 @@
+"""The `memkv` command line: server, status, keygen, license, bench, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+import click
+
+from .errors import MemKVError
+
+
+def _fail(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nixl-memkv", prog_name="memkv")
+def main() -> None:
+    """MemKV: a shared, durable KV-cache memory tier for LLM inference."""
+
+
+@main.command()
+@click.option("--data-dir", help="Where shards, the node id and the lock live (MEMKV_DATA_DIR).")
+@click.option("--host", help="Listen address (MEMKV_HOST, default 0.0.0.0).")
+@click.option("--port", type=int, help="Data port (MEMKV_PORT, default 9900).")
+@click.option("--admin-port", type=int, help="HTTP admin port (MEMKV_ADMIN_PORT, default port + 1).")
+@click.option("--dram-capacity", help="DRAM tier size, e.g. 64GiB (MEMKV_DRAM_CAPACITY, default 25% of RAM).")
+@click.option("--disk-capacity", help="Shard tier size, e.g. 2TiB; 0 = DRAM only (MEMKV_DISK_CAPACITY, "
+                                      "default 80% of the data dir's free space).")
+@click.option("--fsync", type=click.Choice(["always", "interval", "never"]),
+              help="always: ack after the shard is synced; interval (default): write-back, synced every "
+                   "--fsync-interval-ms; never: leave syncing to the OS.")
+@click.option("--fsync-interval-ms", type=int, help="Sync cadence for --fsync interval (default 1000).")
+@click.option("--max-connections", type=int, help="Concurrent client connections (default 1024).")
+@click.option("--auth-key-file", help="File holding the 64-hex auth key (else MEMKV_AUTH_KEY).")
+@click.option("--node-id", help="Stable node id (default: generated once, kept in the data dir).")
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR (MEMKV_LOG_LEVEL).")
+@click.option("--config", "config_path", help="YAML config file (else MEMKV_CONFIG).")
+def server(config_path, **flags) -> None:
+    """Run a MemKV node in the foreground (SIGTERM/SIGINT stop it cleanly)."""
+    import os
+
+    from .config import load_node_config
+    from .logs import setup_logging
+    from .node import run_node
+
+    env = dict(os.environ)
+    if config_path:
+        env["MEMKV_CONFIG"] = config_path
+    try:
+        cfg = load_node_config(flags, env=env)
+        setup_logging(cfg.log_level)
+        sys.exit(run_node(cfg))
+    except MemKVError as e:
+        _fail(e)
+
+
+def _admin_url(server: str, admin: str | None) -> str:
+    from .config import format_server, split_server
+
+    if admin:
+        return f"http://{admin}"
+    host, port = split_server(server)
+    return f"http://{format_server(host, port + 1)}"
+
+
+@main.command()
+@click.argument("servers", nargs=-1)
+@click.option("--admin", "admins", multiple=True, help="Admin host:port when it is not data port + 1 (repeatable, "
+                                                       "in the order of SERVERS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status documents as JSON.")
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for each node.")
+def status(servers, admins, as_json, timeout) -> None:
+    """Show every node's status (from MEMKV_SERVERS unless SERVERS are given)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .config import format_size, load_client_config
+
+    try:
+        nodes = list(servers) or list(load_client_config(None).servers)
+    except MemKVError as e:
+        _fail(e)
+    docs = []
+    for i, s in enumerate(nodes):
+        url = _admin_url(s, admins[i] if i < len(admins) else None)
+        try:
+            with urllib.request.urlopen(url + "/v1/status", timeout=timeout) as r:
+                docs.append((s, json.load(r), None))
+        except Exception as e:  # a node that is down is a row, not a crash
+            docs.append((s, None, str(getattr(e, "reason", e))))
+    if as_json:
+        click.echo(json.dumps({s: d if d else {"error": err} for s, d, err in docs}, indent=2))
+    else:
+        t = Table(title="MemKV nodes")
+        for col in ("server", "state", "node id", "keys", "DRAM used", "disk used", "ops", "uptime"):
+            t.add_column(col)
+        for s, d, err in docs:
+            if d is None:
+                t.add_row(s, "[red]down[/red]", "-", "-", "-", "-", "-", err or "")
+                continue
+            dram, disk = d["tiers"]["dram"], d["tiers"]["disk"]
+            t.add_row(s, "[green]serving[/green]" if d["serving"] else "stopping", d["node_id"][:12], str(d["keys"]),
+                      f"{format_size(dram['bytes_used'])} / {format_size(dram['capacity_bytes'])}",
+                      f"{format_size(disk['bytes_used'])} / {format_size(disk['capacity_bytes'])}",
+                      str(sum(d["ops"].values())), f"{d['uptime_s']:.0f}s")
+        Console().print(t)
+    if any(d is None for _, d, _ in docs):
+        sys.exit(1)
+
+
+@main.command()
+def keygen() -> None:
+    """Print a fresh cluster auth key (64 hex) for MEMKV_AUTH_KEY."""
+    from .auth import generate_auth_key
+
+    click.echo(generate_auth_key())
+
+
+@main.group()
+def license() -> None:  # noqa: A001 (the command is called license)
+    """Issue and verify signed MemKV license files."""
+
+
+@license.command("keygen")
+@click.option("--out", "out_path", required=True, help="Where to write the issuer's private key (PEM).")
+def license_keygen(out_path) -> None:
+    """Create a license issuer key pair; prints the public key for MEMKV_LICENSE_PUBKEY."""
+    import os
+
+    from .license import generate_issuer_key
+
+    pem, public = generate_issuer_key()
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    click.echo(public)
+
+
+@license.command("issue")
+@click.option("--key", "key_path", required=True, help="Issuer private key (from `memkv license keygen`).")
+@click.option("--licensee", required=True)
+@click.option("--plan", default="enterprise", show_default=True)
+@click.option("--days", default=365, show_default=True, help="Validity from now.")
+@click.option("--max-nodes", default=0, show_default=True, help="0 = unlimited.")
+@click.option("--out", "out_path", required=True, help="License file to write (e.g. minio.license).")
+def license_issue(key_path, licensee, plan, days, max_nodes, out_path) -> None:
+    """Issue a license signed by the issuer key."""
+    from .license import issue_license, load_private_key
+
+    try:
+        text = issue_license(load_private_key(key_path), licensee=licensee, plan=plan, max_nodes=max_nodes,
+                             expires_at=datetime.now(timezone.utc) + timedelta(days=days))
+    except MemKVError as e:
+        _fail(e)
+    with open(out_path, "w") as f:
+        f.write(text)
+    click.echo(f"wrote {out_path} (plan={plan}, valid {days} days)")
+
+
+@license.command("verify")
+@click.argument("path", required=False)
+@click.option("--pubkey", help="Trusted issuer public key (hex or file); else MEMKV_LICENSE_PUBKEY.")
+def license_verify(path, pubkey) -> None:
+    """Verify a license file (default: MEMKV_LICENSE)."""
+    from .config import load_client_config
+    from .license import load_trusted_pubkeys, verify_license
+
+    try:
+        cfg = load_client_config(None, require_servers=False)
+        lic = verify_license(path or cfg.license, load_trusted_pubkeys(pubkey or cfg.license_pubkey))
+    except MemKVError as e:
+        _fail(e)
+    click.echo(f"license verified plan={lic.plan} licensee={lic.licensee} expires={lic.expires_at:%Y-%m-%d} "
+               f"id={lic.license_id}")
+
+
+@main.command()
+@click.option("--servers", help="Benchmark an existing cluster (host:port,...); default: an embedded node.")
+@click.option("--sizes", default="64KiB,1MiB,4MiB,16MiB", show_default=True, help="Value sizes.")
+@click.option("--threads", default="1,4", show_default=True, help="Client thread counts.")
+@click.option("--seconds", default=1.0, show_default=True, help="Target time per measurement.")
+@click.option("--exists-keys", default=10000, show_default=True, help="Keys in the batched-exists test.")
+@click.option("--json", "json_path", help="Also write the figures as JSON to this file ('-' for stdout).")
+@click.option("--dram-only", is_flag=True, help="Embedded node without the shard tier.")
+def bench(servers, sizes, threads, seconds, exists_keys, json_path, dram_only) -> None:
+    """Put/get throughput against the raw loopback socket limit."""
+    from .bench import run_bench
+
+    try:
+        ok = run_bench(servers=servers, sizes=sizes, threads=threads, seconds=seconds, exists_keys=exists_keys,
+                       json_path=json_path, dram_only=dram_only)
+    except MemKVError as e:
+        _fail(e)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--blocks", default=64, show_default=True, help="KV blocks to offload and onboard.")
+@click.option("--block-size", default="2MiB", show_default=True, help="Bytes per block.")
+def demo(blocks, block_size) -> None:
+    """Run the whole path on an embedded node: offload KV blocks, restart, onboard, verify."""
+    from .config import parse_size
+    from .demo import run_demo
+
+    try:
+        ok = run_demo(blocks=blocks, block_size=parse_size(block_size, "--block-size"))
+    except MemKVError as e:
+        _fail(e)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

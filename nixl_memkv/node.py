@@ -1,0 +1,164 @@
+"""A MemKV node: the native data port and store, the admin HTTP port, the
+data-dir lock and node identity, and graceful shutdown. `memkv server` runs
+one in the foreground; `memkv demo` and `memkv bench` embed one."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+
+from . import __version__
+from ._node import NativeNode
+from .config import NodeConfig, format_size, resolve_disk_capacity
+from .errors import ConfigError
+
+log = logging.getLogger("memkv")
+
+
+class MemKVNode:
+    def __init__(self, cfg: NodeConfig, *, admin: bool = True):
+        self.cfg = cfg
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(cfg.data_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise ConfigError(f"data dir {cfg.data_dir} is in use by another MemKV node; give each node its own "
+                              "--data-dir") from None
+        self.node_id = cfg.node_id or self._persistent_id()
+        self.disk_capacity = resolve_disk_capacity(cfg)
+        self._native = NativeNode(
+            host=cfg.host, port=cfg.port, auth_key=cfg.auth_key,
+            node_id=hashlib.sha256(self.node_id.encode()).digest()[:16], data_dir=cfg.data_dir,
+            dram_capacity=cfg.dram_capacity, disk_capacity=self.disk_capacity, fsync=cfg.fsync,
+            fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections)
+        self._admin_enabled = admin
+        self.admin = None
+        self.started_at = 0.0
+        self._serving = False
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+
+    def _persistent_id(self) -> str:
+        path = os.path.join(self.cfg.data_dir, "node_id")
+        try:
+            with open(path) as f:
+                node_id = f.read().strip()
+            if node_id:
+                return node_id
+        except FileNotFoundError:
+            pass
+        node_id = uuid.uuid4().hex
+        with open(path + ".tmp", "w") as f:
+            f.write(node_id + "\n")
+        os.replace(path + ".tmp", path)
+        return node_id
+
+    @property
+    def port(self) -> int:
+        return self._native.port
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.cfg.host in ("0.0.0.0", "") else self.cfg.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def start(self) -> "MemKVNode":
+        self._native.start()
+        self.started_at = time.time()
+        if self._admin_enabled:
+            from .admin import AdminServer
+            # An ephemeral data port (0, tests and embedded nodes) gets an ephemeral admin port.
+            admin_port = self.cfg.admin_port if self.cfg.admin_port is not None else (
+                0 if self.cfg.port == 0 else self.cfg.effective_admin_port)
+            self.admin = AdminServer(self.cfg.host, admin_port, self.status, lambda: self._serving)
+            self.admin.start()
+        self._serving = True
+        log.info("index loaded from shards in %d ms (O_DIRECT %s)", self._native.startup_ms,
+                 "on" if self._native.direct_io else "off")
+        log.info("MemKV node ready node_id=%s version=%s data=%s:%d admin=%s dram=%s disk=%s fsync=%s",
+                 self.node_id, __version__, self.cfg.host, self.port,
+                 f"{self.cfg.host}:{self.admin.port}" if self.admin else "off", format_size(self.cfg.dram_capacity),
+                 format_size(self.disk_capacity), self.cfg.fsync)
+        return self
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._serving = False
+        log.info("MemKV node stopping: finishing in-flight ops and flushing to shards")
+        self._native.stop()
+        if self.admin:
+            self.admin.stop()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        log.info("MemKV node stopped cleanly")
+
+    def stats(self) -> dict:
+        return self._native.stats()
+
+    def status(self) -> dict:
+        s = self._native.stats()
+        return {
+            "node_id": self.node_id,
+            "version": __version__,
+            "serving": self._serving,
+            "address": self.address,
+            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            "keys": s["keys"],
+            "bytes_used": s["dram_bytes_used"] + s["disk_bytes_used"],
+            "capacity_bytes": s["dram_capacity_bytes"] + s["disk_capacity_bytes"],
+            "tiers": {
+                "dram": {"keys": s["dram_keys"], "bytes_used": s["dram_bytes_used"],
+                         "capacity_bytes": s["dram_capacity_bytes"]},
+                "disk": {"keys": s["disk_keys"], "bytes_used": s["disk_bytes_used"],
+                         "capacity_bytes": s["disk_capacity_bytes"]},
+            },
+            "dirty_bytes": s["dirty_bytes"],
+            "max_value_bytes": self._native.max_value_bytes,
+            "fsync": self.cfg.fsync,
+            "ops": s["ops"],
+            "op_errors": s["op_errors"],
+            "bytes_in": s["bytes_in"], "bytes_out": s["bytes_out"], "hits": s["hits"], "misses": s["misses"],
+            "evictions": {"dram": s["evictions_dram"], "disk": s["evictions_disk"],
+                          "dropped": s["evictions_dropped"]},
+            "connections": s["connections"], "connections_total": s["connections_total"],
+            "auth_failures": s["auth_failures"], "protocol_errors": s["protocol_errors"],
+            "checksum_failures": s["checksum_failures"], "corrupt_records": s["corrupt_records"],
+            "flush_errors": s["flush_errors"],
+        }
+
+    def __enter__(self) -> "MemKVNode":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_node(cfg: NodeConfig) -> int:
+    """Runs a node in the foreground until SIGTERM or SIGINT."""
+    node = MemKVNode(cfg)
+    done = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0
