@@ -80,13 +80,16 @@ void Client::check_key(std::string_view key) const {
                                     " bytes: MemKV keys are 1 to 512 bytes (digest longer keys, e.g. with SHA-256)");
 }
 
-// Runs fn on a pooled session; a reused connection that turns out to be
-// stale (the node restarted) is retried once on a fresh one. Every op is
-// idempotent, so the retry cannot apply anything twice.
+// Runs fn on a pooled session. A reused connection that turns out to be
+// stale (the node restarted) is retried once on a fresh connection, after
+// dropping the pool's other idle ones (stale too). Ops that may be retried
+// are safe to apply twice: puts store the same bytes again; a repeated
+// delete reports "not found". Multi-part writes are never retried here.
 template <class Fn>
-auto Client::with_session(size_t server, Fn&& fn) -> decltype(fn(std::declval<Session&>())) {
+auto Client::with_session(size_t server, Fn&& fn, bool retry_stale) -> decltype(fn(std::declval<Session&>())) {
   ServerPool& pool = *pools_[server];
   for (int attempt = 0;; ++attempt) {
+    if (attempt > 0) pool.close_idle();
     ServerPool::Lease lease = pool.acquire();
     try {
       if constexpr (std::is_void_v<decltype(fn(*lease.session))>) {
@@ -99,8 +102,10 @@ auto Client::with_session(size_t server, Fn&& fn) -> decltype(fn(std::declval<Se
         return r;
       }
     } catch (const Error& e) {
-      bool retry = e.kind() == ErrorKind::Connection && lease.reused && attempt == 0;
-      bool healthy = e.kind() == ErrorKind::Server || e.kind() == ErrorKind::KeyTooLong;
+      bool retry = retry_stale && e.kind() == ErrorKind::Connection && lease.reused && attempt == 0;
+      // These leave the framing intact: the connection can be reused.
+      bool healthy = e.kind() == ErrorKind::Server || e.kind() == ErrorKind::KeyTooLong ||
+                     e.kind() == ErrorKind::Checksum || e.kind() == ErrorKind::Config;
       pool.release(std::move(lease), healthy);
       if (!retry) throw;
     } catch (...) {
@@ -276,10 +281,14 @@ bool Client::put_part(std::string_view key, uint64_t upload_id, uint64_t total, 
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kPutPart, &h, &meta);
+    if (h.status == kBadRange)
+      fail(ErrorKind::Server, "put_part rejected by " + s.sock().peer() +
+                                  ": the part overlaps another one, lies outside the object, or the upload was "
+                                  "aborted or expired");
     if (h.status != kOk) server_error("put_part", s.sock().peer(), h.status);
     ByteReader r(meta.data(), meta.size());
     return r.u8() != 0;
-  });
+  }, false);
 }
 
 void Client::abort_part(std::string_view key, uint64_t upload_id) {
@@ -292,6 +301,7 @@ void Client::abort_part(std::string_view key, uint64_t upload_id) {
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kAbortPart, &h, &meta);
+    if (h.status != kOk && h.status != kNotFound) server_error("abort_part", s.sock().peer(), h.status);
   });
 }
 

@@ -89,7 +89,7 @@ class Client {
   void execute(const std::vector<Frame>& frames, const std::function<void(wire::Session&, const Frame&)>& run,
                const std::function<void(const Frame&)>& unavailable, std::vector<std::string>* errors);
   template <class Fn>
-  auto with_session(size_t server, Fn&& fn) -> decltype(fn(std::declval<wire::Session&>()));
+  auto with_session(size_t server, Fn&& fn, bool retry_stale = true) -> decltype(fn(std::declval<wire::Session&>()));
   void check_key(std::string_view key) const;
   void recv_response(wire::Session& s, uint8_t op, wire::FrameHeader* h, std::vector<uint8_t>* meta);
 

@@ -212,7 +212,6 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
   const int t = opts_.io_timeout_ms;
   ByteReader in(meta.data(), meta.size());
   ByteWriter out;
-  uint16_t status = kOk;
   const uint8_t op = h.op;
   if (op < kOpSlots) ++ops_[op];
   auto reply = [&](uint16_t st, const struct iovec* iov = nullptr, int n = 0, uint64_t len = 0) {
@@ -282,10 +281,11 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       std::string key(in.key());
       in.expect_end();
       drain(s, h.data_len);
-      reply(key_ok(key) ? (store_->remove(key) ? kOk : kNotFound) : kKeyInvalid);
+      reply(!key_ok(key) ? kKeyInvalid : store_->remove(key) ? kOk : kNotFound);
       return;
     }
     case kPing: {
+      in.expect_end();
       drain(s, h.data_len);
       out.bytes(opts_.node_id.data(), opts_.node_id.size());
       reply(kOk);
@@ -304,6 +304,7 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       uint64_t total = 0;
       for (uint32_t i = 0; i < n; ++i) {
         Item it{std::string(in.key()), in.u64(), in.u32()};
+        if (it.size > kMaxDataLen - total) fail(ErrorKind::Protocol, "batch_put: value sizes exceed the frame limit");
         total += it.size;
         items.push_back(std::move(it));
       }
@@ -363,7 +364,7 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
           ObjectInfo info;
           out.u64(key_ok(k) && store_->info(k, &info) ? info.size : kMissing);
         } else {
-          out.u16(key_ok(k) ? (store_->remove(k) ? kOk : kNotFound) : kKeyInvalid);
+          out.u16(!key_ok(k) ? kKeyInvalid : store_->remove(k) ? kOk : kNotFound);
         }
       }
       reply(kOk);
@@ -382,8 +383,10 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       }
       Store::PartTarget target;
       PutResult pr = store_->part_begin(key, upload_id, total, offset, len, &target);
-      if (pr != PutResult::Ok) {
+      if (pr != PutResult::Ok || target.duplicate) {
         drain(s, len);
+        out.u8(0);
+        out.u64(0);
         reply(status_of(pr));
         return;
       }
@@ -415,7 +418,7 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       uint64_t upload_id = in.u64();
       in.expect_end();
       drain(s, h.data_len);
-      reply(store_->part_abort(key, upload_id) ? kOk : kNotFound);
+      reply(!key_ok(key) ? kKeyInvalid : store_->part_abort(key, upload_id) ? kOk : kNotFound);
       return;
     }
     default:

@@ -1,5 +1,8 @@
 #include "store.hpp"
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -55,7 +58,8 @@ uint64_t Store::max_value_bytes() const {
                    ? cfg_.dram_capacity - kEntryOverhead - wire::kMaxKeyLen - kPage
                    : 0;
   // A durable node only acknowledges what its shards can hold.
-  if (cfg_.disk_capacity) m = std::min(m, cfg_.disk_capacity > kPage ? cfg_.disk_capacity - kPage : 0);
+  // A record takes a header page plus the value padded to whole pages.
+  if (cfg_.disk_capacity) m = std::min(m, cfg_.disk_capacity > kPage ? (cfg_.disk_capacity - kPage) & ~(kPage - 1) : 0);
   return m;
 }
 
@@ -95,7 +99,8 @@ void Store::open() {
   }
   startup_ms_ = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
-  if (files_) flusher_ = std::thread([this] { flusher_main(); });
+  // Also runs on DRAM-only nodes: it expires abandoned multi-part writes.
+  flusher_ = std::thread([this] { flusher_main(); });
 }
 
 void Store::close() {
@@ -166,9 +171,11 @@ PutResult Store::reserve(uint64_t size, size_t key_len, Reservation* out) {
     if (stopping_) return PutResult::ShuttingDown;
     if (evict_one_locked()) continue;
     // Everything resident is still being flushed: wait for the shards.
-    if (space_cv_.wait_until(lk, deadline) == std::cv_status::timeout && dram_used_ + need > cfg_.dram_capacity &&
-        lru_.empty())
-      return PutResult::NoSpace;
+    ++space_waiters_;
+    flush_cv_.notify_one();
+    bool timed_out = space_cv_.wait_until(lk, deadline) == std::cv_status::timeout;
+    --space_waiters_;
+    if (timed_out && dram_used_ + need > cfg_.dram_capacity && lru_.empty()) return PutResult::NoSpace;
   }
   if (stopping_) return PutResult::ShuttingDown;
   dram_used_ += need;
@@ -216,7 +223,11 @@ PutResult Store::commit(const std::string& key, ValuePtr v, uint32_t crc, Reserv
   for (;;) {
     auto it = index_.find(key);
     if (it == index_.end() || it->second->version != version) return PutResult::Ok;  // superseded
-    if (!it->second->dirty) return it->second->on_disk ? PutResult::Ok : PutResult::Internal;
+    if (!it->second->dirty) {
+      if (it->second->on_disk) return PutResult::Ok;
+      drop_entry_locked(it->second.get());  // not durable: do not leave it visible either
+      return PutResult::Internal;
+    }
     if (stopping_ && flush_queue_.empty()) return PutResult::Internal;
     durable_cv_.wait(lk);
   }
@@ -308,6 +319,18 @@ bool Store::remove(const std::string& key) {
 }
 
 void Store::flusher_main() {
+  // Write-back runs at idle priority: on a busy node it yields the cores to
+  // the request path, and DRAM back-pressure (reserve) bounds how far behind
+  // it may fall. On an idle node it drains at full disk speed.
+  // With fsync=always, and whenever a put waits for DRAM, acknowledgements
+  // depend on the flusher: it then runs at normal priority.
+  bool idle_now = false;
+  auto set_idle = [&](bool idle) {
+    if (idle == idle_now) return;
+    struct sched_param sp {};
+    pthread_setschedparam(pthread_self(), idle ? SCHED_IDLE : SCHED_OTHER, &sp);
+    idle_now = idle;
+  };
   std::vector<int> unsynced;
   uint64_t last_sync = mono_ms();
   const bool interval = cfg_.fsync == FsyncMode::Interval;
@@ -318,9 +341,10 @@ void Store::flusher_main() {
       int wait_ms = interval && !unsynced.empty() ? std::max(1, cfg_.fsync_interval_ms) : 1000;
       flush_cv_.wait_for(lk, std::chrono::milliseconds(wait_ms));
     }
+    set_idle(cfg_.fsync != FsyncMode::Always && space_waiters_ == 0);
     uint64_t now = mono_ms();
     expire_parts_locked(now);
-    if (!unsynced.empty() && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
+    if (files_ && !unsynced.empty() && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
                               unsynced.size() >= 256 || (stopping_ && flush_queue_.empty()))) {
       lk.unlock();
       files_->sync_and_close(&unsynced);
@@ -333,7 +357,7 @@ void Store::flusher_main() {
     flush_one(t, interval ? &unsynced : nullptr);
   }
   lk.unlock();
-  files_->sync_and_close(&unsynced);
+  if (files_) files_->sync_and_close(&unsynced);
 }
 
 // Called with mu_ held (through the flusher's lock); drops it around I/O.
@@ -427,22 +451,49 @@ void Store::flush_one(const FlushTask& t, std::vector<int>* unsynced) {
   durable_cv_.notify_all();
 }
 
+namespace {
+
+// True if [start, end) intersects any range of `m` (offset -> end).
+bool overlaps(const std::map<uint64_t, uint64_t>& m, uint64_t start, uint64_t end) {
+  auto it = m.upper_bound(start);
+  if (it != m.begin() && std::prev(it)->second > start) return true;
+  return it != m.end() && it->first < end;
+}
+
+// True if [start, end) lies inside one range of `m` (ranges are merged).
+bool covered(const std::map<uint64_t, uint64_t>& m, uint64_t start, uint64_t end) {
+  auto it = m.upper_bound(start);
+  if (it == m.begin()) return false;
+  --it;
+  return it->first <= start && it->second >= end;
+}
+
+}  // namespace
+
 PutResult Store::part_begin(const std::string& key, uint64_t upload_id, uint64_t total, uint64_t offset,
                             uint64_t len, PartTarget* target) {
   if (total > max_value_bytes()) return PutResult::TooLarge;
   if (offset > total || len > total - offset) return PutResult::BadRange;
   auto id = std::make_pair(key, upload_id);
+  auto claim = [&](Part& p) -> PutResult {
+    if (p.total != total || p.aborted) return PutResult::BadRange;
+    p.last_active_ms = mono_ms();
+    target->buffer = p.buffer;
+    target->total = total;
+    if (len && covered(p.ranges, offset, offset + len)) {
+      target->duplicate = true;
+      return PutResult::Ok;
+    }
+    if (len && (overlaps(p.ranges, offset, offset + len) || overlaps(p.inflight, offset, offset + len)))
+      return PutResult::BadRange;
+    if (len) p.inflight[offset] = offset + len;
+    ++p.writers;
+    return PutResult::Ok;
+  };
   {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = parts_.find(id);
-    if (it != parts_.end()) {
-      if (it->second.total != total) return PutResult::BadRange;
-      ++it->second.writers;
-      it->second.last_active_ms = mono_ms();
-      target->buffer = it->second.buffer;
-      target->total = total;
-      return PutResult::Ok;
-    }
+    if (it != parts_.end()) return claim(it->second);
   }
   Reservation r;
   PutResult pr = reserve(total, key.size(), &r);
@@ -450,19 +501,13 @@ PutResult Store::part_begin(const std::string& key, uint64_t upload_id, uint64_t
   ValuePtr buf = Value::make(total);
   std::lock_guard<std::mutex> lk(mu_);
   Part& p = parts_[id];
-  if (!p.buffer) {
+  if (!p.buffer) {  // else another connection created it meanwhile; `r` is released after the lock
     p.buffer = std::move(buf);
     p.total = total;
     p.reserved = r.bytes_;
     r.store_ = nullptr;
-  } else if (p.total != total) {
-    return PutResult::BadRange;  // r releases itself after the lock is dropped... see below
   }
-  ++p.writers;
-  p.last_active_ms = mono_ms();
-  target->buffer = p.buffer;
-  target->total = total;
-  return PutResult::Ok;
+  return claim(p);
 }
 
 PutResult Store::part_done(const std::string& key, uint64_t upload_id, uint64_t offset, uint64_t len, bool ok,
@@ -474,50 +519,58 @@ PutResult Store::part_done(const std::string& key, uint64_t upload_id, uint64_t 
     auto it = parts_.find({key, upload_id});
     if (it == parts_.end()) return PutResult::BadRange;
     Part& p = it->second;
+    if (len) p.inflight.erase(offset);
     --p.writers;
     p.last_active_ms = mono_ms();
+    if (p.aborted) {
+      if (p.writers == 0) {
+        dram_used_ -= p.reserved;
+        parts_.erase(it);
+        space_cv_.notify_all();
+      }
+      return PutResult::BadRange;
+    }
     if (ok && len) {
-      // Merge [offset, offset+len) into the covered ranges.
+      // Merge [offset, offset+len) into the received ranges (it overlaps none).
       uint64_t start = offset, end = offset + len;
-      auto r = p.ranges.upper_bound(start);
-      if (r != p.ranges.begin()) {
+      auto next = p.ranges.lower_bound(start);
+      if (next != p.ranges.end() && next->first == end) {
+        end = next->second;
+        p.ranges.erase(next);
+      }
+      auto r = p.ranges.lower_bound(start);
+      if (r != p.ranges.begin() && std::prev(r)->second == start) {
         auto prev = std::prev(r);
-        if (prev->second >= start) {
-          start = prev->first;
-          end = std::max(end, prev->second);
-          p.received -= prev->second - prev->first;
-          r = p.ranges.erase(prev);
-        }
+        prev->second = end;
+      } else {
+        p.ranges[start] = end;
       }
-      while (r != p.ranges.end() && r->first <= end) {
-        end = std::max(end, r->second);
-        p.received -= r->second - r->first;
-        r = p.ranges.erase(r);
-      }
-      p.ranges[start] = end;
-      p.received += end - start;
+      p.received += len;
     }
     *remaining = p.total - p.received;
-    if (p.received != p.total || p.writers != 0) return PutResult::Ok;
+    if (p.received != p.total || p.writers != 0) return ok ? PutResult::Ok : PutResult::Internal;
     done = std::move(p);
     parts_.erase(it);
   }
   *complete = true;
   *remaining = 0;
+  // Every part was verified against its own checksum on arrival; this one
+  // covers the assembled object from here on (shards, reads).
   uint32_t crc = crc32c(0, done.buffer->data, done.buffer->size);
   return commit(key, std::move(done.buffer), crc, Reservation(this, done.reserved));
 }
 
 bool Store::part_abort(const std::string& key, uint64_t upload_id) {
-  uint64_t reserved = 0;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    auto it = parts_.find({key, upload_id});
-    if (it == parts_.end()) return false;
-    reserved = it->second.reserved;
-    parts_.erase(it);
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = parts_.find({key, upload_id});
+  if (it == parts_.end() || it->second.aborted) return false;
+  if (it->second.writers > 0) {
+    it->second.aborted = true;  // the last writer in flight releases it
+    return true;
   }
-  release_dram(reserved);
+  dram_used_ -= it->second.reserved;
+  parts_.erase(it);
+  space_cv_.notify_all();
   return true;
 }
 
@@ -526,6 +579,7 @@ void Store::expire_parts_locked(uint64_t now_ms) {
     Part& p = it->second;
     if (p.writers == 0 && now_ms - p.last_active_ms > static_cast<uint64_t>(cfg_.part_idle_timeout_ms)) {
       dram_used_ -= p.reserved;
+      space_cv_.notify_all();
       log(LogLevel::Warning, "dropped an incomplete multi-part write after " +
                                  std::to_string(cfg_.part_idle_timeout_ms) + " ms without progress");
       it = parts_.erase(it);

@@ -100,12 +100,16 @@ class Store {
   bool info(const std::string& key, ObjectInfo* out);
   bool remove(const std::string& key);
 
-  // Multi-part writes: the part's bytes land in the pending object; returns
-  // Ok with *complete set once every byte of [0, total) has arrived, at which
-  // point the object is published atomically.
+  // Multi-part writes: parts of one (key, upload id) land in a pending
+  // object, in any order, over any connections; the object is published
+  // atomically once every byte of [0, total) has arrived. Parts must not
+  // overlap, except that resending a part already received is accepted (and
+  // ignored), so retries are safe. A part that fails its checksum leaves its
+  // range unreceived; resend it.
   struct PartTarget {
     ValuePtr buffer;
     uint64_t total = 0;
+    bool duplicate = false;  // already received: drain the data, write nothing
   };
   PutResult part_begin(const std::string& key, uint64_t upload_id, uint64_t total, uint64_t offset, uint64_t len,
                        PartTarget* target);
@@ -145,9 +149,11 @@ class Store {
     ValuePtr buffer;
     uint64_t total = 0;
     uint64_t received = 0;
-    std::map<uint64_t, uint64_t> ranges;  // offset -> end of bytes already written
+    std::map<uint64_t, uint64_t> ranges;    // offset -> end of bytes already written
+    std::map<uint64_t, uint64_t> inflight;  // offset -> end of parts being received
     uint64_t reserved = 0;  // DRAM charged for the buffer
     int writers = 0;
+    bool aborted = false;
     uint64_t last_active_ms = 0;
   };
 
@@ -178,6 +184,7 @@ class Store {
   uint64_t evictions_dram_ = 0, evictions_disk_ = 0, evictions_dropped_ = 0, corrupt_ = 0, flush_errors_ = 0,
            flushed_ = 0, disk_reads_ = 0;
   bool stopping_ = false;
+  int space_waiters_ = 0;
   std::thread flusher_;
   uint64_t startup_ms_ = 0;
 };

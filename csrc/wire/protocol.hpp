@@ -2,10 +2,15 @@
 // fixed frame header. docs/protocol.md is the prose description of this file;
 // the node and the client both build on it, nothing else defines the format.
 #pragma once
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
 namespace memkv::wire {
+
+// Integers are copied in host order throughout: the format is little-endian
+// because every supported host is (x86-64, aarch64). Refuse to build otherwise.
+static_assert(std::endian::native == std::endian::little, "MemKV's wire and disk formats are little-endian");
 
 constexpr uint16_t kVersion = 1;
 constexpr uint16_t kMinVersion = 1;
@@ -17,11 +22,12 @@ constexpr uint32_t kMaxBatchItems = 65536;
 constexpr uint64_t kMissing = ~0ull;                 // "no such object" in size arrays
 
 // Handshake messages (fixed size, before any session key exists).
-constexpr uint32_t kHelloMagic = 0x484B564D;        // "MKVH"  client -> node
-constexpr uint32_t kServerHelloMagic = 0x534B564D;  // "MKVS"  node -> client
-constexpr uint32_t kAuthMagic = 0x414B564D;         // "MKVA"  client -> node
-constexpr uint32_t kAuthResultMagic = 0x524B564D;   // "MKVR"  node -> client
-constexpr uint32_t kFrameMagic = 0x464B564D;        // "MKVF"
+// Magics read as ASCII on the wire ("MKVH" is the bytes 4D 4B 56 48).
+constexpr uint32_t kHelloMagic = 0x48564B4D;        // "MKVH"  client -> node
+constexpr uint32_t kServerHelloMagic = 0x53564B4D;  // "MKVS"  node -> client
+constexpr uint32_t kAuthMagic = 0x41564B4D;         // "MKVA"  client -> node
+constexpr uint32_t kAuthResultMagic = 0x52564B4D;   // "MKVR"  node -> client
+constexpr uint32_t kFrameMagic = 0x46564B4D;        // "MKVF"
 constexpr size_t kNonceLen = 32;
 constexpr size_t kNodeIdLen = 16;
 
@@ -40,7 +46,7 @@ struct ServerHello {  // 128 bytes
   uint8_t nonce[kNonceLen];
   uint8_t node_id[kNodeIdLen];
   uint64_t max_value_bytes;  // largest value this node accepts
-  uint8_t proof[32];         // HMAC(K, "memkv/1 server" | client nonce | server nonce | node_id | max_value)
+  uint8_t proof[32];  // HMAC(K, "memkv/1 server" | ClientHello | ServerHello[0:96]) -- binds version and nonces
   uint8_t reserved[32];
 };
 struct ClientAuth {  // 64 bytes

@@ -1,5 +1,6 @@
 #include "session.hpp"
 
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -12,6 +13,10 @@ constexpr std::string_view kServerProofLabel = "memkv/1 server";
 constexpr std::string_view kClientProofLabel = "memkv/1 client";
 constexpr std::string_view kC2SLabel = "memkv/1 c2s";
 constexpr std::string_view kS2CLabel = "memkv/1 s2c";
+
+// The server proof covers the whole ClientHello and every ServerHello byte
+// before the proof: version, status, nonces, node id and limits.
+constexpr size_t kServerProofCovered = offsetof(ServerHello, proof);
 
 Key32 derive(Hmac& master, std::string_view label, const uint8_t* cn, const uint8_t* sn) {
   Key32 k{};
@@ -38,12 +43,10 @@ std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int time
   const std::string& who = sock.peer();
   if (sh.magic != kServerHelloMagic)
     fail(ErrorKind::Protocol, who + " is not a MemKV node (bad handshake magic); check MEMKV_SERVERS");
-  if (sh.version == 0 || sh.status == kVersionUnsupported)
+  if (sh.version < hello.min_version || sh.version > hello.max_version || sh.status == kVersionUnsupported)
     fail(ErrorKind::Protocol, who + " speaks no protocol version in " + std::to_string(kMinVersion) + ".." +
                                   std::to_string(kVersion) + "; upgrade the client or the node");
-  if (!master.verify({Span(kServerProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen),
-                      Span(sh.node_id, kNodeIdLen), Span(&sh.max_value_bytes, 8)},
-                     sh.proof))
+  if (!master.verify({Span(kServerProofLabel), Span(&hello, sizeof(hello)), Span(&sh, kServerProofCovered)}, sh.proof))
     fail(ErrorKind::Auth, "authentication with " + who +
                               " failed: the node holds a different auth key (check MEMKV_AUTH_KEY on both sides)");
 
@@ -92,14 +95,12 @@ std::unique_ptr<Session> Session::server(Socket sock, const Key32& key, const st
   random_bytes(sh.nonce, kNonceLen);
   std::memcpy(sh.node_id, node_id.data(), kNodeIdLen);
   sh.max_value_bytes = max_value_bytes;
-  master.sign({Span(kServerProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen),
-               Span(sh.node_id, kNodeIdLen), Span(&sh.max_value_bytes, 8)},
-              sh.proof);
+  master.sign({Span(kServerProofLabel), Span(&hello, sizeof(hello)), Span(&sh, kServerProofCovered)}, sh.proof);
   sock.send_all(&sh, sizeof(sh), timeout_ms);
 
   ClientAuth auth{};
   if (!sock.recv_first(&auth, sizeof(auth), timeout_ms, timeout_ms)) {
-    *why = "authentication failed: the client does not hold our auth key";
+    *why = "authentication failed: the client closed the handshake (it does not hold our auth key)";
     return nullptr;
   }
   AuthResult res{};
