@@ -108,7 +108,10 @@ def status(servers, admins, as_json, timeout) -> None:
                       f"{format_size(dram['bytes_used'])} / {format_size(dram['capacity_bytes'])}",
                       f"{format_size(disk['bytes_used'])} / {format_size(disk['capacity_bytes'])}",
                       str(sum(d["ops"].values())), f"{d['uptime_s']:.0f}s")
-        Console().print(t)
+        console = Console()
+        if not console.is_terminal:  # pipes and logs get the whole table, not an 80-column squeeze
+            console = Console(width=200)
+        console.print(t)
     if any(d is None for _, d, _ in docs):
         sys.exit(1)
 

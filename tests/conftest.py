@@ -64,8 +64,9 @@ class NodeProc:
         log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "nixl_memkv", "server", "--data-dir", self.data_dir, "--host", "127.0.0.1",
                "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args]
+        # cwd outside the checkout: `python -m` must import the installed package.
         self.proc = subprocess.Popen(cmd, env=clean_env(MEMKV_AUTH_KEY=self.auth_key, **self.env), stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, cwd=os.path.dirname(self.log_path))
         log.close()
         if wait:
             self.wait_ready()

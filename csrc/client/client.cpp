@@ -284,7 +284,7 @@ bool Client::put_part(std::string_view key, uint64_t upload_id, uint64_t total, 
     if (h.status == kBadRange)
       fail(ErrorKind::Server, "put_part rejected by " + s.sock().peer() +
                                   ": the part overlaps another one, lies outside the object, or the upload was "
-                                  "aborted or expired");
+                                  "aborted");
     if (h.status != kOk) server_error("put_part", s.sock().peer(), h.status);
     ByteReader r(meta.data(), meta.size());
     return r.u8() != 0;
@@ -369,7 +369,7 @@ void Client::execute(const std::vector<Frame>& frames, const std::function<void(
       try {
         with_session(j->server, [&](Session& s) { run(s, f); });
       } catch (const Error& e) {
-        if (e.kind() != ErrorKind::Connection && e.kind() != ErrorKind::Protocol && e.kind() != ErrorKind::Auth) throw;
+        if (e.kind() != ErrorKind::Connection && e.kind() != ErrorKind::Protocol) throw;  // auth errors surface as such
         j->failed = true;
         std::lock_guard<std::mutex> lk(j->mu);
         if (j->error.empty()) j->error = e.what();

@@ -220,15 +220,22 @@ PutResult Store::commit(const std::string& key, ValuePtr v, uint32_t crc, Reserv
   r.store_ = nullptr;  // the entry owns the charge now
   publish_locked(key, std::move(v), crc, charged, &version);
   if (cfg_.fsync != FsyncMode::Always || !files_) return PutResult::Ok;
+  durable_results_[version] = -1;  // pending: the flusher reports here
   for (;;) {
+    int r = durable_results_[version];
+    if (r >= 0) {
+      durable_results_.erase(version);
+      return r ? PutResult::Ok : PutResult::Internal;
+    }
     auto it = index_.find(key);
-    if (it == index_.end() || it->second->version != version) return PutResult::Ok;  // superseded
-    if (!it->second->dirty) {
-      if (it->second->on_disk) return PutResult::Ok;
-      drop_entry_locked(it->second.get());  // not durable: do not leave it visible either
+    if (it == index_.end() || it->second->version != version) {  // superseded before its write
+      durable_results_.erase(version);
+      return PutResult::Ok;
+    }
+    if (stopping_ && flush_queue_.empty()) {
+      durable_results_.erase(version);
       return PutResult::Internal;
     }
-    if (stopping_ && flush_queue_.empty()) return PutResult::Internal;
     durable_cv_.wait(lk);
   }
 }
@@ -324,12 +331,22 @@ void Store::flusher_main() {
   // it may fall. On an idle node it drains at full disk speed.
   // With fsync=always, and whenever a put waits for DRAM, acknowledgements
   // depend on the flusher: it then runs at normal priority.
+  // Leaving SCHED_IDLE needs CAP_SYS_NICE or a permissive RLIMIT_NICE, so
+  // idle mode is used only where a probe thread shows the way back works.
+  static const bool can_idle = [] {
+    bool ok = false;
+    std::thread([&ok] {
+      struct sched_param sp {};
+      ok = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0 &&
+           pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0;
+    }).join();
+    return ok;
+  }();
   bool idle_now = false;
   auto set_idle = [&](bool idle) {
-    if (idle == idle_now) return;
+    if (!can_idle || idle == idle_now) return;
     struct sched_param sp {};
-    pthread_setschedparam(pthread_self(), idle ? SCHED_IDLE : SCHED_OTHER, &sp);
-    idle_now = idle;
+    if (pthread_setschedparam(pthread_self(), idle ? SCHED_IDLE : SCHED_OTHER, &sp) == 0) idle_now = idle;
   };
   std::vector<int> unsynced;
   uint64_t last_sync = mono_ms();
@@ -445,8 +462,13 @@ void Store::flush_one(const FlushTask& t, std::vector<int>* unsynced) {
     cur->dirty = false;
     dirty_bytes_ -= cur->size;
     cur->on_disk = ok;
-    lru_touch_locked(cur);
+    if (!ok && cfg_.fsync == FsyncMode::Always)
+      drop_entry_locked(cur);  // its put is answered with an error: do not leave it visible
+    else
+      lru_touch_locked(cur);
   }
+  auto waiter = durable_results_.find(t.version);
+  if (waiter != durable_results_.end()) waiter->second = ok ? 1 : 0;
   space_cv_.notify_all();
   durable_cv_.notify_all();
 }
@@ -548,7 +570,8 @@ PutResult Store::part_done(const std::string& key, uint64_t upload_id, uint64_t 
       p.received += len;
     }
     *remaining = p.total - p.received;
-    if (p.received != p.total || p.writers != 0) return ok ? PutResult::Ok : PutResult::Internal;
+    if (!ok) return PutResult::Internal;  // the caller answers checksum mismatch; never completes here
+    if (p.received != p.total || p.writers != 0) return PutResult::Ok;
     done = std::move(p);
     parts_.erase(it);
   }

@@ -185,6 +185,8 @@ class Store {
            flushed_ = 0, disk_reads_ = 0;
   bool stopping_ = false;
   int space_waiters_ = 0;
+  // fsync=always: version -> -1 pending, 1 on its shard, 0 shard write failed
+  std::unordered_map<uint64_t, int> durable_results_;
   std::thread flusher_;
   uint64_t startup_ms_ = 0;
 };

@@ -1,0 +1,87 @@
+"""Dead and hung nodes: errors within the configured timeout, never a hang;
+the rest of the cluster keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from nixl_memkv import ConnectionFailed
+from nixl_memkv.errors import BatchError
+
+
+def test_node_killed_mid_batch_errors_quickly(make_node, client_for):
+    a = make_node("--dram-capacity", "512MiB", "--disk-capacity", "0", name="a")
+    b = make_node("--dram-capacity", "512MiB", "--disk-capacity", "0", name="b")
+    c = client_for([a, b], op_timeout_ms=5000)
+    keys = [f"mb/{i}" for i in range(400)]
+    vals = [bytes(1 << 20)] * len(keys)
+    err: list[BaseException] = []
+
+    def run():
+        try:
+            for _ in range(20):
+                c.batch_put(keys, vals)
+        except BaseException as e:
+            err.append(e)
+
+    t = threading.Thread(target=run)
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.5)
+    b.kill()
+    t.join(30)
+    assert not t.is_alive(), "batch hung after a node died"
+    assert time.monotonic() - t0 < 30
+    assert err and isinstance(err[0], BatchError)
+    assert "unavailable" in " ".join(err[0].failed.values())
+    # Keys on the live node still work; those on the dead one read as errors or misses.
+    live = [k for k in keys if c.server_for(k) == a.address]
+    assert all(c.batch_exists(live))
+    with pytest.raises(ConnectionFailed):
+        c.batch_get(keys)
+    got = c.batch_get(keys, allow_partial=True)
+    assert all((v is not None) == (c.server_for(k) == a.address) for k, v in zip(keys, got))
+
+
+def test_hung_node_times_out(make_node, client_for):
+    n = make_node("--dram-capacity", "64MiB", "--disk-capacity", "0")
+    c = client_for([n], op_timeout_ms=1500)
+    c.put("k", b"v")
+    os.kill(n.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="timed out"):
+            c.get("k")
+        assert time.monotonic() - t0 < 6
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailed):
+            c.batch_get(["k", "k2"])
+        assert time.monotonic() - t0 < 6
+    finally:
+        os.kill(n.proc.pid, signal.SIGCONT)
+    assert c.get("k") == b"v"  # recovers once the node runs again
+
+
+def test_unreachable_node_fails_fast(client_for):
+    from conftest import free_port
+    c = client_for([f"127.0.0.1:{free_port()}"], connect_timeout_ms=1000)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="cannot connect"):
+        c.get("x")
+    assert time.monotonic() - t0 < 5
+
+
+def test_sigterm_finishes_in_flight_and_flushes(make_node, client_for):
+    n = make_node("--dram-capacity", "512MiB", "--disk-capacity", "1GiB", "--fsync-interval-ms", "60000")
+    c = client_for([n])
+    keys = [f"term/{i}" for i in range(64)]
+    c.batch_put(keys, [bytes([i]) * (1 << 20) for i in range(64)])
+    assert n.stop() == 0  # clean exit code
+    assert "stopped cleanly" in n.log()
+    n.start()
+    assert client_for([n]).batch_get(keys) == [bytes([i]) * (1 << 20) for i in range(64)]
