@@ -44,11 +44,14 @@ uint32_t recv_value(Session& s, void* dst, uint64_t n, int timeout_ms) {
   return crc;
 }
 
-void discard(Session& s, uint64_t n, int timeout_ms) {
+// Receives and drops n bytes, extending *crc over them when given.
+void discard(Session& s, uint64_t n, int timeout_ms, uint32_t* crc = nullptr) {
+  if (!n) return;
   std::vector<uint8_t> scratch(static_cast<size_t>(std::min<uint64_t>(n, 1 << 20)));
   while (n) {
     size_t c = static_cast<size_t>(std::min<uint64_t>(n, scratch.size()));
     s.sock().recv_exact(scratch.data(), c, timeout_ms);
+    if (crc) *crc = crc32c(*crc, scratch.data(), c);
     n -= c;
   }
 }
@@ -396,12 +399,34 @@ void Client::execute(const std::vector<Frame>& frames, const std::function<void(
     if (!j->error.empty()) errors->push_back(j->error);
 }
 
+std::string Client::check_tiling(const SegmentList& segs, uint64_t* total) {
+  uint64_t pos = 0;
+  for (const Segment& g : segs) {
+    if (g.offset != pos)
+      return g.offset > pos ? "a gap at bytes [" + std::to_string(pos) + ", " + std::to_string(g.offset) + ")"
+                            : "overlapping pieces at offset " + std::to_string(g.offset);
+    pos += g.len;
+  }
+  *total = pos;
+  return {};
+}
+
 void Client::batch_put(const std::vector<std::string_view>& keys, const std::vector<const void*>& data,
                        const std::vector<uint64_t>& lens, std::vector<int>* status, std::vector<std::string>* errors) {
+  std::vector<SegmentList> segs(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) segs[i].push_back({0, const_cast<void*>(data[i]), lens[i]});
+  batch_put_segments(keys, segs, status, errors);
+}
+
+void Client::batch_put_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
+                                std::vector<int>* status, std::vector<std::string>* errors) {
   status->assign(keys.size(), kOk);
-  std::vector<Frame> frames = plan(keys, &lens);
-  // Checksums for all values, computed once (in parallel per frame below).
-  std::vector<uint32_t> crcs(keys.size());
+  std::vector<uint64_t> totals(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::string why = check_tiling(segs[i], &totals[i]);
+    if (!why.empty()) fail(ErrorKind::Config, "value for key " + std::string(keys[i]) + " has " + why);
+  }
+  std::vector<Frame> frames = plan(keys, &totals);
   execute(
       frames,
       [&](Session& s, const Frame& f) {
@@ -410,12 +435,16 @@ void Client::batch_put(const std::vector<std::string_view>& keys, const std::vec
         std::vector<struct iovec> iov;
         uint64_t total = 0;
         for (uint32_t i : f.items) {
-          if (!crcs[i] && lens[i]) crcs[i] = crc32c(0, data[i], lens[i]);
+          // The checksum runs over the pieces in order, as the node will see them.
+          uint32_t crc = 0;
+          for (const Segment& g : segs[i]) {
+            crc = crc32c(crc, g.ptr, g.len);
+            if (g.len) iov.push_back({g.ptr, g.len});
+          }
           m.key(keys[i]);
-          m.u64(lens[i]);
-          m.u32(lens[i] ? crcs[i] : 0);
-          if (lens[i]) iov.push_back({const_cast<void*>(data[i]), lens[i]});
-          total += lens[i];
+          m.u64(totals[i]);
+          m.u32(crc);
+          total += totals[i];
         }
         s.send_frame(kBatchPut, 0, m.data(), iov.data(), static_cast<int>(iov.size()), total, opts_.op_timeout_ms);
         FrameHeader h;
@@ -435,8 +464,26 @@ void Client::batch_put(const std::vector<std::string_view>& keys, const std::vec
 void Client::batch_get_into(const std::vector<std::string_view>& keys, const std::vector<void*>& bufs,
                             const std::vector<uint64_t>& caps, std::vector<int64_t>* result,
                             std::vector<std::string>* errors) {
+  std::vector<SegmentList> segs(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) segs[i].push_back({0, bufs[i], caps[i]});
+  batch_get_segments(keys, segs, result, errors);
+  for (size_t i = 0; i < keys.size(); ++i)
+    if ((*result)[i] >= 0 && static_cast<uint64_t>((*result)[i]) > caps[i]) (*result)[i] = kItemTooSmall;
+}
+
+void Client::batch_get_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
+                                std::vector<int64_t>* result, std::vector<std::string>* errors) {
   result->assign(keys.size(), kItemMissing);
-  std::vector<Frame> frames = plan(keys, &caps);
+  std::vector<uint64_t> wanted(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    uint64_t end = 0;
+    for (const Segment& g : segs[i]) {
+      if (g.offset < end) fail(ErrorKind::Config, "read segments for key " + std::string(keys[i]) + " overlap");
+      end = g.offset + g.len;
+      wanted[i] += g.len;
+    }
+  }
+  std::vector<Frame> frames = plan(keys, &wanted);
   execute(
       frames,
       [&](Session& s, const Frame& f) {
@@ -464,7 +511,7 @@ void Client::batch_get_into(const std::vector<std::string_view>& keys, const std
           if (it.st == kOk) total += it.size;
         }
         if (total != h.data_len) fail(ErrorKind::Protocol, "batch_get reply length does not match its sizes");
-        // Values stream back in order, each straight into its buffer.
+        // Values stream back in order; each lands straight in its segments.
         for (size_t k = 0; k < items.size(); ++k) {
           uint32_t i = f.items[k];
           const Item& it = items[k];
@@ -472,13 +519,19 @@ void Client::batch_get_into(const std::vector<std::string_view>& keys, const std
             (*result)[i] = it.st == kNotFound ? kItemMissing : kItemError;
             continue;
           }
-          if (it.size > caps[i]) {
-            discard(s, it.size, opts_.op_timeout_ms);
-            (*result)[i] = kItemTooSmall;
-            continue;
+          uint32_t crc = 0;
+          uint64_t pos = 0;
+          for (const Segment& g : segs[i]) {
+            if (g.offset >= it.size) break;
+            discard(s, g.offset - pos, opts_.op_timeout_ms, &crc);
+            uint64_t n = std::min(g.len, it.size - g.offset);
+            if (n)
+              s.sock().recv_exact(g.ptr, n, opts_.op_timeout_ms,
+                                  [&](const uint8_t* p, size_t m) { crc = crc32c(crc, p, m); });
+            pos = g.offset + n;
           }
-          uint32_t got = recv_value(s, bufs[i], it.size, opts_.op_timeout_ms);
-          (*result)[i] = got == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
+          discard(s, it.size - pos, opts_.op_timeout_ms, &crc);
+          (*result)[i] = crc == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
         }
       },
       [&](const Frame& f) {

@@ -33,6 +33,17 @@ constexpr int64_t kItemError = -5;        // the node answered with an error sta
 // Per-item status of batch writes/deletes: wire::Status, or this.
 constexpr int kStatusUnavailable = 1000;
 
+// A piece of an object in the caller's memory: object bytes
+// [offset, offset + len) live at ptr. Batch writes gather an object from its
+// segments (which must tile [0, total) exactly); batch reads scatter an
+// object's bytes into its segments (non-overlapping, any subset).
+struct Segment {
+  uint64_t offset = 0;
+  void* ptr = nullptr;
+  uint64_t len = 0;
+};
+using SegmentList = std::vector<Segment>;
+
 struct ObjectStat {
   uint64_t size = 0;
   uint32_t crc = 0;
@@ -75,6 +86,17 @@ class Client {
                       std::vector<std::string>* errors);
   void batch_exists(const std::vector<std::string_view>& keys, std::vector<int64_t>* result,
                     std::vector<std::string>* errors);
+  // Gather/scatter forms of the batches (the NIXL plugin's data path): values
+  // go straight from/to the segments, with no staging copy. Segment lists
+  // must be sorted by offset; writes must tile [0, total) (see check_tiling).
+  void batch_put_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
+                          std::vector<int>* status, std::vector<std::string>* errors);
+  // result: the object's size (bytes outside every segment are discarded),
+  // or a negative kItem* code.
+  void batch_get_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
+                          std::vector<int64_t>* result, std::vector<std::string>* errors);
+  // Empty when the sorted segments tile [0, total) exactly; else why not.
+  static std::string check_tiling(const SegmentList& segs, uint64_t* total);
   void batch_remove(const std::vector<std::string_view>& keys, std::vector<int>* status,
                     std::vector<std::string>* errors);
 
