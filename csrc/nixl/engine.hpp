@@ -1,0 +1,51 @@
+// The MEMKV NIXL backend engine: OBJ_SEG registrations become MemKV object
+// keys (metaInfo, or the decimal devId as KVBM registers blocks), transfers
+// become batched gather/scatter ops grouped per node, run asynchronously.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "../client/client.hpp"
+#include "abi.hpp"
+#include "transfer.hpp"
+
+namespace memkv::nixl {
+
+class MemKVEngine : public EngineBase {
+ public:
+  explicit MemKVEngine(const InitParams* params);
+  ~MemKVEngine() override;
+
+  bool supportsRemote() const override { return false; }
+  bool supportsLocal() const override { return true; }
+  bool supportsNotif() const override { return false; }
+  MemList getSupportedMems() const override { return {kDram, kObj}; }
+
+  Status registerMem(const BlobDesc& mem, const MemType& type, BackendMD*& out) override;
+  Status deregisterMem(BackendMD* meta) override;
+  Status connect(const std::string&) override { return kSuccess; }
+  Status disconnect(const std::string&) override { return kSuccess; }
+  Status unloadMD(BackendMD*) override { return kSuccess; }  // loadLocalMD hands out the registration itself
+  Status loadLocalMD(BackendMD* input, BackendMD*& output) override {
+    output = input;
+    return kSuccess;
+  }
+  Status prepXfer(const XferOp& op, const MetaDescList& local, const MetaDescList& remote,
+                  const std::string& remote_agent, RequestHandle*& handle, const OptArgs* opt_args) const override;
+  Status postXfer(const XferOp& op, const MetaDescList& local, const MetaDescList& remote,
+                  const std::string& remote_agent, RequestHandle*& handle, const OptArgs* opt_args) const override;
+  Status checkXfer(RequestHandle* handle) const override;
+  Status releaseReqH(RequestHandle* handle) const override;
+  Status queryMem(const BlobDescList& descs, std::vector<QueryResponse>& resp) const override;
+
+  static Params default_params();
+
+ private:
+  std::string object_key(const BlobDesc& d) const;
+
+  std::unique_ptr<Client> client_;
+  std::unique_ptr<Executor> executor_;
+  std::string key_prefix_;
+};
+
+}  // namespace memkv::nixl

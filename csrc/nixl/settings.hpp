@@ -1,0 +1,32 @@
+// What the embedded Python config chain hands the engine: the client's
+// options plus plugin-level knobs. Filled by cython/nixl_bridge.pyx.
+#pragma once
+#include <cstring>
+#include <string>
+
+#include "../client/client.hpp"
+
+namespace memkv::nixl {
+
+struct PluginSettings {
+  ClientOptions client;
+  std::string key_prefix;  // the `namespace` param: prepended to every object key
+  int workers = 4;         // threads running posted transfers
+};
+
+inline void settings_add_server(PluginSettings* s, const std::string& name, const std::string& host, int port) {
+  s->client.servers.push_back(ServerAddr{name, host, static_cast<uint16_t>(port)});
+}
+inline void settings_set_key(PluginSettings* s, const unsigned char* key) {
+  std::memcpy(s->client.auth_key.data(), key, s->client.auth_key.size());
+}
+inline void settings_set(PluginSettings* s, int num_connections, int connect_timeout_ms, int op_timeout_ms,
+                         const std::string& key_prefix, int workers) {
+  s->client.num_connections = num_connections;
+  s->client.connect_timeout_ms = connect_timeout_ms;
+  s->client.op_timeout_ms = op_timeout_ms;
+  s->key_prefix = key_prefix;
+  s->workers = workers;
+}
+
+}  // namespace memkv::nixl

@@ -1,0 +1,71 @@
+// A NIXL transfer as MemKV ops: the descriptor lists of one request grouped
+// into objects (gather lists for WRITE, scatter lists for READ), and the
+// executor threads that run posted requests through the native client, so
+// postXfer returns at once and checkXfer only polls.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../client/client.hpp"
+#include "abi.hpp"
+
+namespace memkv::nixl {
+
+// What registerMem returns for an OBJ_SEG registration: the object's key.
+class ObjectMD : public BackendMD {
+ public:
+  ObjectMD(std::string key, uint64_t dev_id, uint64_t len) : BackendMD(true), key(std::move(key)), dev_id(dev_id), len(len) {}
+  const std::string key;
+  const uint64_t dev_id;
+  const uint64_t len;  // registered length (2^64-1 for "unbounded")
+};
+
+class DramMD : public BackendMD {
+ public:
+  DramMD() : BackendMD(true) {}
+};
+
+class Transfer : public RequestHandle {
+ public:
+  XferOp op = kRead;
+  std::vector<std::string> keys;
+  std::vector<SegmentList> segments;  // per key, sorted by object offset
+  std::vector<uint64_t> needed;       // READ: the object must hold at least this many bytes
+
+  // Builds the plan; on bad input returns an error status and sets *why.
+  static Status plan(const XferOp& op, const MetaDescList& local, const MetaDescList& remote, Transfer* out,
+                     std::string* why);
+
+  std::atomic<int> status{kErrNotPosted};
+  std::mutex mu;
+  std::condition_variable done_cv;
+  bool running = false;  // guarded by mu
+};
+
+class Executor {
+ public:
+  Executor(Client* client, int threads);
+  ~Executor();
+  // Starts t (status IN_PROG); false if it is still running.
+  bool submit(Transfer* t);
+  // Blocks until t is not running.
+  static void wait(Transfer* t);
+
+ private:
+  void run(Transfer* t);
+  void worker();
+
+  Client* client_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Transfer*> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace memkv::nixl
