@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -180,6 +181,31 @@ def license_verify(path, pubkey) -> None:
         _fail(e)
     click.echo(f"license verified plan={lic.plan} licensee={lic.licensee} expires={lic.expires_at:%Y-%m-%d} "
                f"id={lic.license_id}")
+
+
+@main.command("plugin-dir")
+@click.option("--with-nixl", is_flag=True, help="Print a directory holding NIXL's own plugins plus MEMKV, for "
+                                              "NIXL_PLUGIN_DIR (which replaces NIXL's default directory).")
+def plugin_dir_cmd(with_nixl) -> None:
+    """Print the folder that holds libplugin_MEMKV.so."""
+    from . import nixl
+
+    try:
+        click.echo(nixl.merged_plugin_dir() if with_nixl else os.path.dirname(nixl.plugin_path()))
+    except MemKVError as e:
+        _fail(e)
+
+
+@main.command("plugin-install")
+@click.option("--nixl-dir", help="NIXL's plugin directory (default: the installed nixl-cu12 wheel's).")
+def plugin_install(nixl_dir) -> None:
+    """Symlink libplugin_MEMKV.so into NIXL's plugin directory (beside UCX, POSIX, OBJ, ...)."""
+    from . import nixl
+
+    try:
+        click.echo(nixl.install_into_nixl(nixl_dir))
+    except (MemKVError, OSError) as e:
+        _fail(e)
 
 
 @main.command()

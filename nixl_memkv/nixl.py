@@ -49,29 +49,42 @@ def nixl_default_plugin_dir() -> str | None:
     return None
 
 
+def _link(src: str, link: str) -> None:
+    if os.path.islink(link) and os.readlink(link) == src:
+        return
+    tmp = f"{link}.{os.getpid()}.tmp"
+    os.symlink(src, tmp)
+    os.replace(tmp, link)  # atomic, so concurrent processes agree
+
+
 def merged_plugin_dir(nixl_dir: str | None = None, cache_root: str | None = None) -> str:
-    """A directory with symlinks to every NIXL plugin plus MEMKV (created once, reused)."""
+    """A plugin directory with every NIXL plugin plus MEMKV (created once, reused).
+
+    NIXL's plugins find their libraries through $ORIGIN/.. and
+    $ORIGIN/../../nixl_cu12.libs, so the merged directory mirrors that
+    layout with symlinks: <base>/libs/plugins/ beside <base>/libs/*.so and
+    <base>/nixl_cu12.libs."""
     nixl_dir = nixl_dir or nixl_default_plugin_dir()
     if nixl_dir is None:
         raise ConfigError("NIXL is not installed (pip install nixl-cu12), so there are no built-in plugins to merge")
     ours = plugin_path()
+    libs_dir = os.path.dirname(nixl_dir)
     tag = hashlib.sha256(f"{nixl_dir}|{ours}".encode()).hexdigest()[:12]
     root = cache_root or os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     try:
         os.makedirs(os.path.join(root, "memkv"), exist_ok=True)
     except OSError:
         root = tempfile.gettempdir()
-    target = os.path.join(root, "memkv", f"nixl-plugins-{tag}")
+    base = os.path.join(root, "memkv", f"nixl-plugins-{tag}")
+    target = os.path.join(base, "libs", "plugins")
     os.makedirs(target, exist_ok=True)
-    wanted = {os.path.basename(p): p for p in glob.glob(os.path.join(nixl_dir, "libplugin_*.so"))}
-    wanted[PLUGIN_FILE] = ours
-    for name, src in wanted.items():
-        link = os.path.join(target, name)
-        if os.path.islink(link) and os.readlink(link) == src:
-            continue
-        tmp = f"{link}.{os.getpid()}.tmp"
-        os.symlink(src, tmp)
-        os.replace(tmp, link)  # atomic, so concurrent processes agree
+    for lib in glob.glob(os.path.join(libs_dir, "*.so*")):
+        _link(lib, os.path.join(base, "libs", os.path.basename(lib)))
+    for sibling in glob.glob(os.path.join(os.path.dirname(libs_dir), "nixl_cu1*.libs")):
+        _link(sibling, os.path.join(base, os.path.basename(sibling)))
+    for plugin in glob.glob(os.path.join(nixl_dir, "*.so")):
+        _link(plugin, os.path.join(target, os.path.basename(plugin)))
+    _link(ours, os.path.join(target, PLUGIN_FILE))
     return target
 
 
