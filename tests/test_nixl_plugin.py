@@ -355,3 +355,27 @@ def test_memkv_beside_posix_in_one_agent(params, tmp_path):
     with open(tmp_path / "blk", "rb") as f:
         assert f.read() == data.tobytes()
     os.close(fd)
+
+
+def test_plugin_in_a_non_python_cpp_host(node, auth_key, licence, tmp_path):
+    """A plain C++ program (no Python of its own) loads NIXL through
+    libnixl_capi.so; the plugin starts its own embedded Python for config and
+    licence, then moves blocks."""
+    import shutil
+    from nixl_memkv.nixl import nixl_default_plugin_dir
+    libs = os.path.dirname(nixl_default_plugin_dir())
+    exe = tmp_path / "memkv_capi_host"
+    src = os.path.join(os.path.dirname(__file__), "capi_host", "memkv_capi_host.cpp")
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    subprocess.run([cxx, "-std=c++17", "-O1", src, "-o", str(exe), f"-L{libs}", "-l:libnixl_capi.so",
+                    f"-Wl,-rpath,{libs}"], check=True, capture_output=True, timeout=120)
+    assert "libpython" not in subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEMKV_", "PYTHON"))}
+    env.update(NIXL_PLUGIN_DIR=PLUGIN_DIR, MEMKV_SERVERS=node.address, MEMKV_AUTH_KEY=auth_key,
+               MEMKV_LICENSE=licence[0], MEMKV_LICENSE_PUBKEY=licence[1], MEMKV_TRANSPORT="tcp")
+    out = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "capi host: write=0 read=0 equal=yes" in out.stdout
+    assert "license verified" in out.stderr and "embedded Python runtime" in out.stderr

@@ -79,7 +79,12 @@ bool configure_with_python(const Params& params, PluginSettings* out, std::strin
   std::call_once(g_python_once, [] {
     if (Py_IsInitialized()) return;
     // A non-Python host (a C++ program using NIXL): start an interpreter for
-    // the config and licence checks, then release the GIL for good.
+    // the config and licence checks, then release the GIL for good. Our
+    // libpython came in RTLD_LOCAL with this plugin; extension modules the
+    // interpreter imports need its symbols, so promote it to global scope.
+    Dl_info py{};
+    if (dladdr(reinterpret_cast<void*>(&Py_InitializeEx), &py) && py.dli_fname)
+      dlopen(py.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
     Py_InitializeEx(0);
     PyEval_SaveThread();
     log(LogLevel::Info, "started an embedded Python runtime for MEMKV config and licence checks");
