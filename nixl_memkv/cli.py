@@ -231,13 +231,14 @@ def bench(servers, sizes, threads, seconds, exists_keys, json_path, dram_only) -
 @main.command()
 @click.option("--blocks", default=64, show_default=True, help="KV blocks to offload and onboard.")
 @click.option("--block-size", default="2MiB", show_default=True, help="Bytes per block.")
-def demo(blocks, block_size) -> None:
-    """Run the whole path on an embedded node: offload KV blocks, restart, onboard, verify."""
+@click.option("--client-only", is_flag=True, help="Use the Python client instead of NIXL and the MEMKV plugin.")
+def demo(blocks, block_size, client_only) -> None:
+    """Offload KV blocks through NIXL's MEMKV backend to an embedded node, restart it, onboard, verify."""
     from .config import parse_size
     from .demo import run_demo
 
     try:
-        ok = run_demo(blocks=blocks, block_size=parse_size(block_size, "--block-size"))
+        ok = run_demo(blocks=blocks, block_size=parse_size(block_size, "--block-size"), client_only=client_only)
     except MemKVError as e:
         _fail(e)
     sys.exit(0 if ok else 1)

@@ -1,10 +1,17 @@
-"""`memkv demo`: the whole path on an embedded default. A node on a temp dir
-with a generated auth key and licence; KV-block-sized values offloaded in
-batches, the node restarted (values come back from its shards), onboarded
-straight into buffers and verified byte for byte."""
+"""`memkv demo`: the main job on an embedded default, the way Dynamo's KVBM
+drives it. A MemKV node starts on a temp dir with a generated auth key and
+licence; a NIXL agent loads the MEMKV backend (libplugin_MEMKV.so) beside
+NIXL's built-in plugins; KV blocks registered as KVBM does (one OBJ_SEG
+registration per block, devId = the block's sequence hash) are offloaded
+(WRITE), dropped locally, the node is restarted (blocks come back from its
+shards), and the blocks are onboarded (READ) and verified byte for byte.
+
+`--client-only` runs the same round trip through the Python client instead
+of NIXL (for machines without nixl-cu12)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -13,88 +20,157 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .auth import generate_auth_key, parse_auth_key
 from .client import Client
 from .config import ClientConfig, NodeConfig, format_size
-from .license import generate_issuer_key, issue_license, verify_license
+from .errors import ConfigError
+from .license import generate_issuer_key, issue_license
 from .logs import setup_logging
 from .node import MemKVNode
 
 log = logging.getLogger("memkv-client")
 
-BATCH = 16  # blocks per batched request, as KVBM offloads them
+BATCH = 16  # blocks per transfer, as KVBM offloads them
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TransferSpeedColumn(), console=console, transient=False)
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=console)
 
 
-def run_demo(blocks: int = 64, block_size: int = 2 << 20) -> bool:
+class _Setup:
+    """Temp dir, auth key, licence and an embedded node."""
+
+    def __init__(self, tmp: str):
+        self.key_hex = generate_auth_key()
+        pem, self.pubkey = generate_issuer_key()
+        self.licence = os.path.join(tmp, "minio.license")
+        with open(self.licence, "w") as f:
+            f.write(issue_license(pem, licensee="memkv demo", plan="developer",
+                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
+        self.node_cfg = NodeConfig(data_dir=os.path.join(tmp, "node"), host="127.0.0.1", port=0,
+                                   auth_key=parse_auth_key(self.key_hex, "demo"), dram_capacity=1 << 30,
+                                   disk_capacity=4 << 30)
+        self.node = MemKVNode(self.node_cfg, admin=False).start()
+
+    def restart_node(self) -> None:
+        port = self.node.port
+        self.node.stop()  # a clean stop flushes every acknowledged block to its shard
+        self.node = MemKVNode(dataclasses.replace(self.node_cfg, port=port), admin=False).start()
+
+
+def _report(console: Console, rows: list[tuple[str, str]], ok: bool) -> bool:
+    t = Table(title="MemKV demo")
+    t.add_column("")
+    t.add_column("value")
+    for k, v in rows:
+        t.add_row(k, v)
+    t.add_row("verified", "[green]every byte equal[/green]" if ok else "[red]MISMATCH[/red]")
+    console.print(t)
+    return ok
+
+
+def run_demo(blocks: int = 64, block_size: int = 2 << 20, client_only: bool = False) -> bool:
     setup_logging("INFO")
     console = Console()
     with tempfile.TemporaryDirectory(prefix="memkv-demo-") as tmp:
-        key_hex = generate_auth_key()
-        pem, pub = generate_issuer_key()
-        lic_path = os.path.join(tmp, "minio.license")
-        with open(lic_path, "w") as f:
-            f.write(issue_license(pem, licensee="memkv demo", plan="developer",
-                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
-        lic = verify_license(lic_path, [pub])
-        log.info("memkv-client license verified plan=%s licensee=%s", lic.plan, lic.licensee)
+        s = _Setup(tmp)
+        try:
+            if client_only:
+                return _client_demo(console, s, blocks, block_size)
+            return _nixl_demo(console, s, blocks, block_size)
+        finally:
+            s.node.stop()
 
-        node_cfg = NodeConfig(data_dir=os.path.join(tmp, "node"), host="127.0.0.1", port=0,
-                              auth_key=parse_auth_key(key_hex, "demo"), dram_capacity=1 << 30,
-                              disk_capacity=4 << 30)
-        rng = np.random.default_rng(7)
-        data = [rng.integers(0, 256, block_size, dtype=np.uint8) for _ in range(blocks)]
-        keys = [f"demo/seq-hash-{i:016x}" for i in range(blocks)]
-        total = blocks * block_size
 
-        node = MemKVNode(node_cfg, admin=False).start()
-        cfg = ClientConfig(servers=(node.address,), auth_key=node_cfg.auth_key, transport="tcp",
-                           license=lic_path, license_pubkey=pub)
-        log.info("Creating memkv engine config=%r", cfg)
-        with Client(config=cfg) as client, _progress(console) as bar:
-            task = bar.add_task("offload", total=total)
+def _nixl_demo(console: Console, s: _Setup, n_blocks: int, block_size: int) -> bool:
+    from . import nixl as memkv_nixl
+
+    memkv_nixl.use_with_nixl()  # MEMKV beside NIXL's own plugins; before the first agent
+    try:
+        from nixl_cu12 import nixl_agent, nixl_agent_config
+    except ImportError:
+        raise ConfigError("nixl-cu12 is not installed: pip install torch==2.13.0 'nixl-cu12==1.5.1' "
+                          "(or run `memkv demo --client-only`)") from None
+    params = {"servers": s.node.address, "auth_key": s.key_hex, "license": s.licence,
+              "license_pubkey": s.pubkey, "transport": "auto"}
+    agent = nixl_agent("memkv-demo", nixl_agent_config(backends=[]))
+    agent.create_backend("MEMKV", params)
+
+    rng = np.random.default_rng(7)
+    host = rng.integers(0, 256, (n_blocks, block_size), dtype=np.uint8)
+    original = host.copy()
+    hashes = [int(h) for h in rng.integers(1, 2**64 - 1, n_blocks, dtype=np.uint64)]  # sequence hashes
+    dram = agent.register_memory([(host.ctypes.data, host.nbytes, 0, "")], "DRAM", backends=["MEMKV"])
+    objs = agent.register_memory([(0, block_size, h, "") for h in hashes], "OBJ", backends=["MEMKV"])
+
+    def move(op: str, bar: Progress, task) -> float:
+        busy = 0.0
+        for i in range(0, n_blocks, BATCH):
+            ids = range(i, min(i + BATCH, n_blocks))
+            local = agent.get_xfer_descs([(host.ctypes.data + j * block_size, block_size, 0) for j in ids], "DRAM")
+            remote = agent.get_xfer_descs([(0, block_size, hashes[j]) for j in ids], "OBJ")
+            handle = agent.initialize_xfer(op, local, remote, agent.name, backends=["MEMKV"])
             t0 = time.perf_counter()
-            for i in range(0, blocks, BATCH):
-                client.batch_put(keys[i:i + BATCH], data[i:i + BATCH])
-                bar.advance(task, sum(d.nbytes for d in data[i:i + BATCH]))
-            put_s = time.perf_counter() - t0
-        node.stop()  # a clean stop flushes every acknowledged block to its shard
+            state = agent.transfer(handle)
+            while state == "PROC":
+                state = agent.check_xfer_state(handle)
+            busy += time.perf_counter() - t0
+            agent.release_xfer_handle(handle)
+            bar.advance(task, len(ids) * block_size)
+        return busy
 
-        node = MemKVNode(node_cfg, admin=False).start()
-        cfg = ClientConfig(servers=(node.address,), auth_key=node_cfg.auth_key, transport="tcp")
-        out = [np.empty(block_size, dtype=np.uint8) for _ in range(blocks)]
-        with Client(config=cfg) as client, _progress(console) as bar:
-            task = bar.add_task("onboard", total=total)
-            t0 = time.perf_counter()
-            for i in range(0, blocks, BATCH):
-                sizes = client.batch_get_into(keys[i:i + BATCH], out[i:i + BATCH])
-                if any(s != block_size for s in sizes):
-                    console.print(f"[red]block missing after restart: {sizes}[/red]")
-                    node.stop()
-                    return False
-                bar.advance(task, sum(o.nbytes for o in out[i:i + BATCH]))
-            get_s = time.perf_counter() - t0
-            ok = all(np.array_equal(a, b) for a, b in zip(data, out))
-            missing = client.get("demo/never-written")
-        stats = node.stats()
-        node.stop()
+    with _progress(console) as bar:
+        put_s = move("WRITE", bar, bar.add_task("offload", total=host.nbytes))
+    host[:] = 0  # evicted from the local tier
+    s.restart_node()
+    with _progress(console) as bar:
+        get_s = move("READ", bar, bar.add_task("onboard", total=host.nbytes))
+    ok = np.array_equal(host, original)
+    missing = agent.query_memory([(0, block_size, 12345, "")], "MEMKV", "OBJ")[0]
+    agent.deregister_memory(objs, backends=["MEMKV"])
+    agent.deregister_memory(dram, backends=["MEMKV"])
+    del agent
+    total = n_blocks * block_size
+    return _report(console, [
+        ("path", "NIXL agent -> MEMKV plugin -> MemKV node -> shards"),
+        ("blocks", f"{n_blocks} x {format_size(block_size)} = {format_size(total)}, {BATCH} per transfer"),
+        ("offload (NIXL WRITE)", f"{total / put_s / 1e9:.2f} GB/s"),
+        ("node restart", "blocks reloaded from its shards"),
+        ("onboard (NIXL READ)", f"{total / get_s / 1e9:.2f} GB/s"),
+        ("query_memory of an unknown block", "absent" if missing is None else "[red]present?[/red]"),
+    ], ok and missing is None)
 
-        t = Table(title="MemKV demo")
-        t.add_column("")
-        t.add_column("value")
-        t.add_row("blocks", f"{blocks} x {format_size(block_size)} = {format_size(total)}")
-        t.add_row("offload (batch_put)", f"{total / put_s / 1e9:.2f} GB/s")
-        t.add_row("node restart", "every block reloaded from shards")
-        t.add_row("onboard (batch_get_into)", f"{total / get_s / 1e9:.2f} GB/s")
-        t.add_row("verified", "[green]all bytes equal[/green]" if ok else "[red]MISMATCH[/red]")
-        t.add_row("miss", "None (as expected)" if missing is None else "[red]unexpected value[/red]")
-        t.add_row("node after restart", f"{stats['keys']} keys, {stats['disk_reads']} shard reads")
-        console.print(t)
-        return ok and missing is None
+
+def _client_demo(console: Console, s: _Setup, n_blocks: int, block_size: int) -> bool:
+    rng = np.random.default_rng(7)
+    data = [rng.integers(0, 256, block_size, dtype=np.uint8) for _ in range(n_blocks)]
+    keys = [f"demo/seq-hash-{i:016x}" for i in range(n_blocks)]
+    cfg = ClientConfig(servers=(s.node.address,), auth_key=s.node_cfg.auth_key, transport="tcp")
+    with Client(config=cfg) as client, _progress(console) as bar:
+        task = bar.add_task("offload", total=n_blocks * block_size)
+        t0 = time.perf_counter()
+        for i in range(0, n_blocks, BATCH):
+            client.batch_put(keys[i:i + BATCH], data[i:i + BATCH])
+            bar.advance(task, len(keys[i:i + BATCH]) * block_size)
+        put_s = time.perf_counter() - t0
+    s.restart_node()
+    out = [np.empty(block_size, dtype=np.uint8) for _ in range(n_blocks)]
+    with Client(config=cfg) as client, _progress(console) as bar:
+        task = bar.add_task("onboard", total=n_blocks * block_size)
+        t0 = time.perf_counter()
+        for i in range(0, n_blocks, BATCH):
+            client.batch_get_into(keys[i:i + BATCH], out[i:i + BATCH])
+            bar.advance(task, len(keys[i:i + BATCH]) * block_size)
+        get_s = time.perf_counter() - t0
+    total = n_blocks * block_size
+    return _report(console, [
+        ("path", "Python client -> MemKV node -> shards"),
+        ("blocks", f"{n_blocks} x {format_size(block_size)} = {format_size(total)}"),
+        ("offload (batch_put)", f"{total / put_s / 1e9:.2f} GB/s"),
+        ("node restart", "blocks reloaded from its shards"),
+        ("onboard (batch_get_into)", f"{total / get_s / 1e9:.2f} GB/s"),
+    ], all(np.array_equal(a, b) for a, b in zip(data, out)))

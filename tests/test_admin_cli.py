@@ -123,11 +123,17 @@ def test_status_command(cluster3, make_node):
     assert r.returncode == 0 and servers[0] in r.stdout
 
 
-def test_demo_runs_end_to_end():
-    r = memkv("demo", "--blocks", "16", "--block-size", "1MiB", timeout=300)
-    assert "all bytes equal" in r.stdout
-    assert "license verified plan=developer" in r.stderr
-    assert 'Server mapped to rail server="127.0.0.1:' in r.stderr
+@pytest.mark.parametrize("path", ["nixl", "client"])
+def test_demo_runs_end_to_end(path):
+    args = ["demo", "--blocks", "24", "--block-size", "1MiB"] + (["--client-only"] if path == "client" else [])
+    r = memkv(*args, timeout=300)
+    assert "every byte equal" in r.stdout
+    assert "node restart" in r.stdout
+    if path == "nixl":
+        assert "NIXL agent -> MEMKV plugin" in r.stdout
+        assert "Creating memkv engine config=PluginConfig {" in r.stderr
+        assert "license verified plan=developer" in r.stderr
+        assert 'Server mapped to rail server="127.0.0.1:' in r.stderr
 
 
 def test_bench_smoke(tmp_path):
