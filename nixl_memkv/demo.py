@@ -97,7 +97,7 @@ def _nixl_demo(console: Console, s: _Setup, n_blocks: int, block_size: int) -> b
                           "(or run `memkv demo --client-only`)") from None
     params = {"servers": s.node.address, "auth_key": s.key_hex, "license": s.licence,
               "license_pubkey": s.pubkey, "transport": "auto"}
-    agent = nixl_agent("memkv-demo", nixl_agent_config(backends=[]))
+    agent = nixl_agent("memkv-demo", nixl_agent_config(enable_prog_thread=False, backends=[]))
     agent.create_backend("MEMKV", params)
 
     rng = np.random.default_rng(7)

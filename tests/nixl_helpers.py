@@ -43,7 +43,7 @@ _counter = [0]
 
 def memkv_agent(params: dict[str, str], *, backends: list[str] | None = None, name: str | None = None) -> nixl_agent:
     _counter[0] += 1
-    agent = nixl_agent(name or f"agent-{os.getpid()}-{_counter[0]}", nixl_agent_config(backends=backends or []))
+    agent = nixl_agent(name or f"agent-{os.getpid()}-{_counter[0]}", nixl_agent_config(enable_prog_thread=False, backends=backends or []))
     agent.create_backend("MEMKV", params)
     return agent
 
