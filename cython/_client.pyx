@@ -76,6 +76,7 @@ cdef extern from "client_glue.hpp" namespace "memkv::py":
     cppclass RawSession:
         RawSession(const string&, uint16_t, const unsigned char*, int) except +raise_py_error
         string encode(uint8_t, const string&, const string&) except +raise_py_error
+        string encode_sealed(uint8_t, const string&, const vector[string]&) except +raise_py_error
         void send_raw(const string&) except +raise_py_error nogil
         int recv_status() except +raise_py_error nogil
 
@@ -350,6 +351,12 @@ cdef class _RawSession:
 
     def encode(self, int op, bytes meta, bytes data=b""):
         return <bytes>self.s.get().encode(op, meta, data)
+
+    def encode_sealed(self, int op, bytes meta, list values):
+        cdef vector[string] vs
+        for v in values:
+            vs.push_back(<bytes>v)
+        return <bytes>self.s.get().encode_sealed(op, meta, vs)
 
     def send_raw(self, bytes frame):
         cdef string f = frame

@@ -7,6 +7,7 @@
 #include <new>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "../csrc/client/client.hpp"
 #include "../csrc/common/bytes.hpp"
@@ -41,6 +42,14 @@ class RawSession {
   std::string encode(uint8_t op, const std::string& meta, const std::string& data) {
     std::vector<uint8_t> m(meta.begin(), meta.end()), d(data.begin(), data.end());
     std::vector<uint8_t> f = session_->encode_frame(op, 0, m, d);
+    return std::string(f.begin(), f.end());
+  }
+  // A value-carrying frame (PUT, BATCH_PUT, PUT_PART) with its seal.
+  std::string encode_sealed(uint8_t op, const std::string& meta, const std::vector<std::string>& values) {
+    std::vector<uint8_t> m(meta.begin(), meta.end());
+    std::vector<std::vector<uint8_t>> vs;
+    for (const std::string& v : values) vs.emplace_back(v.begin(), v.end());
+    std::vector<uint8_t> f = session_->encode_sealed(op, m, vs);
     return std::string(f.begin(), f.end());
   }
   void send_raw(const std::string& bytes) { session_->sock().send_all(bytes.data(), bytes.size(), timeout_ms_); }

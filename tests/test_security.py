@@ -15,8 +15,13 @@ PUT, GET = 0x01, 0x02
 STATUS_OK, STATUS_CHECKSUM = 0, 5
 
 
-def put_meta(key: bytes, value: bytes, crc: int | None = None) -> bytes:
-    return struct.pack("<H", len(key)) + key + struct.pack("<QII", len(value), crc32c(value) if crc is None else crc, 0)
+def put_meta(key: bytes, value: bytes) -> bytes:
+    return struct.pack("<H", len(key)) + key + struct.pack("<QI", len(value), 0)
+
+
+def put_frame(s: _RawSession, key: bytes, value: bytes) -> bytes:
+    """A PUT as the client sends it: header, metadata, value, then the seal (CRC + MAC)."""
+    return s.encode_sealed(PUT, put_meta(key, value), [value])
 
 
 def test_wrong_key_gets_auth_error_and_no_data(node, client_for):
@@ -38,13 +43,13 @@ def test_missing_key_is_a_config_error(node, monkeypatch):
 
 def test_raw_session_round_trip_baseline(node, auth_key):
     s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
-    s.send_raw(s.encode(PUT, put_meta(b"raw", b"hello"), b"hello"))
+    s.send_raw(put_frame(s, b"raw", b"hello"))
     assert s.recv_status() == STATUS_OK
 
 
 def test_tampered_header_closes_connection(node, auth_key, client_for):
     s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
-    frame = bytearray(s.encode(PUT, put_meta(b"tamper", b"hello"), b"hello"))
+    frame = bytearray(put_frame(s, b"tamper", b"hello"))
     frame[64 + 2] ^= 0x01  # a byte of the key in the MAC-covered metadata
     s.send_raw(bytes(frame))
     assert s.recv_status() == -1
@@ -55,21 +60,30 @@ def test_tampered_header_closes_connection(node, auth_key, client_for):
 
 def test_tampered_payload_is_rejected_not_stored(node, auth_key, client_for):
     s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
-    frame = bytearray(s.encode(PUT, put_meta(b"payload", b"hello world"), b"hello world"))
-    frame[-1] ^= 0x20  # last payload byte: covered by the CRC, not the MAC
+    frame = bytearray(put_frame(s, b"payload", b"hello world"))
+    frame[-37] ^= 0x20  # last value byte (before the 36-byte seal): covered by the CRC, not a MAC
     s.send_raw(bytes(frame))
     assert s.recv_status() == STATUS_CHECKSUM
     assert client_for([node]).get("payload") is None
     # The connection stays usable: framing was intact.
-    s.send_raw(s.encode(PUT, put_meta(b"payload", b"hello world"), b"hello world"))
+    s.send_raw(put_frame(s, b"payload", b"hello world"))
     assert s.recv_status() == STATUS_OK
+
+
+def test_tampered_seal_closes_connection(node, auth_key, client_for):
+    s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
+    frame = bytearray(put_frame(s, b"sealed", b"hello world"))
+    frame[-36] ^= 0x01  # the CRC inside the seal: a forged checksum fails the seal's MAC
+    s.send_raw(bytes(frame))
+    assert s.recv_status() == -1
+    assert client_for([node]).get("sealed") is None
 
 
 def test_frame_replayed_on_another_connection_is_rejected(node, auth_key, client_for):
     key = bytes.fromhex(auth_key)
     a = _RawSession("127.0.0.1", node.port, key)
     b = _RawSession("127.0.0.1", node.port, key)
-    frame = a.encode(PUT, put_meta(b"replay", b"v1"), b"v1")
+    frame = put_frame(a, b"replay", b"v1")
     b.send_raw(frame)
     assert b.recv_status() == -1
     assert client_for([node]).get("replay") is None
@@ -77,7 +91,7 @@ def test_frame_replayed_on_another_connection_is_rejected(node, auth_key, client
 
 def test_frame_replayed_on_same_connection_is_rejected(node, auth_key, client_for):
     s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
-    frame = s.encode(PUT, put_meta(b"twice", b"v1"), b"v1")
+    frame = put_frame(s, b"twice", b"v1")
     s.send_raw(frame)
     assert s.recv_status() == STATUS_OK
     client_for([node]).remove("twice")
@@ -88,8 +102,8 @@ def test_frame_replayed_on_same_connection_is_rejected(node, auth_key, client_fo
 
 def test_reordered_frames_are_rejected(node, auth_key):
     s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
-    first = s.encode(PUT, put_meta(b"o1", b"a"), b"a")
-    second = s.encode(PUT, put_meta(b"o2", b"b"), b"b")
+    first = put_frame(s, b"o1", b"a")
+    second = put_frame(s, b"o2", b"b")
     s.send_raw(second)
     assert s.recv_status() == -1
     del first

@@ -126,17 +126,13 @@ void Client::recv_response(Session& s, uint8_t op, FrameHeader* h, std::vector<u
 
 void Client::put(std::string_view key, const void* data, uint64_t len) {
   check_key(key);
-  size_t srv = route(key);
-  // The checksum is computed once, before the first attempt.
-  uint32_t crc = crc32c(0, data, len);
   ByteWriter m;
   m.key(key);
   m.u64(len);
-  m.u32(crc);
-  m.u32(0);
-  with_session(srv, [&](Session& s) {
-    struct iovec iov {const_cast<void*>(data), len};
-    s.send_frame(kPut, 0, m.data(), &iov, 1, len, opts_.op_timeout_ms);
+  m.u32(0);  // flags
+  std::vector<std::vector<struct iovec>> values{{{const_cast<void*>(data), len}}};
+  with_session(route(key), [&](Session& s) {
+    s.send_sealed(kPut, m.data(), values, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kPut, &h, &meta);
@@ -277,10 +273,9 @@ bool Client::put_part(std::string_view key, uint64_t upload_id, uint64_t total, 
   m.u64(total);
   m.u64(offset);
   m.u64(len);
-  m.u32(crc32c(0, data, len));
+  std::vector<std::vector<struct iovec>> values{{{const_cast<void*>(data), len}}};
   return with_session(route(key), [&](Session& s) -> bool {
-    struct iovec iov {const_cast<void*>(data), len};
-    s.send_frame(kPutPart, 0, m.data(), &iov, 1, len, opts_.op_timeout_ms);
+    s.send_sealed(kPutPart, m.data(), values, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kPutPart, &h, &meta);
@@ -432,21 +427,17 @@ void Client::batch_put_segments(const std::vector<std::string_view>& keys, const
       [&](Session& s, const Frame& f) {
         ByteWriter m;
         m.u32(static_cast<uint32_t>(f.items.size()));
-        std::vector<struct iovec> iov;
-        uint64_t total = 0;
+        std::vector<std::vector<struct iovec>> values;
+        values.reserve(f.items.size());
         for (uint32_t i : f.items) {
-          // The checksum runs over the pieces in order, as the node will see them.
-          uint32_t crc = 0;
-          for (const Segment& g : segs[i]) {
-            crc = crc32c(crc, g.ptr, g.len);
-            if (g.len) iov.push_back({g.ptr, g.len});
-          }
           m.key(keys[i]);
           m.u64(totals[i]);
-          m.u32(crc);
-          total += totals[i];
+          values.emplace_back();
+          for (const Segment& g : segs[i])
+            if (g.len) values.back().push_back({g.ptr, g.len});
         }
-        s.send_frame(kBatchPut, 0, m.data(), iov.data(), static_cast<int>(iov.size()), total, opts_.op_timeout_ms);
+        // Each piece is checksummed right before it is sent (hot in cache).
+        s.send_sealed(kBatchPut, m.data(), values, opts_.op_timeout_ms);
         FrameHeader h;
         std::vector<uint8_t> meta;
         recv_response(s, kBatchPut, &h, &meta);

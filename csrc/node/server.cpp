@@ -184,28 +184,43 @@ void Node::drain(Session& s, uint64_t n) {
   }
 }
 
-// Receives one value of a put straight into its DRAM buffer, verifies its
-// checksum on the bytes as they land, and publishes it.
-uint16_t Node::receive_value(Session& s, const std::string& key, uint64_t size, uint32_t crc) {
-  if (!key_ok(key)) {
-    drain(s, size);
-    return kKeyInvalid;
+// Receives one value of a put straight into its DRAM buffer, checksumming
+// the bytes as they land.
+void Node::receive_value(Session& s, Incoming* in) {
+  if (!key_ok(in->key)) {
+    drain(s, in->size);
+    in->status = kKeyInvalid;
+    return;
   }
-  Reservation r;
-  PutResult pr = store_->reserve(size, key.size(), &r);
+  PutResult pr = store_->reserve(in->size, in->key.size(), &in->reservation);
   if (pr != PutResult::Ok) {
-    drain(s, size);
-    return status_of(pr);
+    drain(s, in->size);
+    in->status = status_of(pr);
+    return;
   }
-  ValuePtr v = Value::make(size);
-  uint32_t got = 0;
-  if (size) s.sock().recv_exact(v->data, size, opts_.io_timeout_ms, [&](const uint8_t* p, size_t n) { got = crc32c(got, p, n); });
-  bytes_in_ += size;
-  if (got != crc) {
-    ++checksum_failures_;
-    return kChecksumMismatch;
+  in->value = Value::make(in->size);
+  uint32_t crc = 0;
+  if (in->size)
+    s.sock().recv_exact(in->value->data, in->size, opts_.io_timeout_ms,
+                        [&](const uint8_t* p, size_t n) { crc = crc32c(crc, p, n); });
+  in->crc = crc;
+  bytes_in_ += in->size;
+}
+
+// Reads the frame's seal and publishes every value whose checksum matches.
+void Node::commit_values(Session& s, const FrameHeader& h, std::vector<Incoming>* items) {
+  std::vector<uint32_t> crcs = s.recv_seal(h, items->size(), opts_.io_timeout_ms);
+  for (size_t i = 0; i < items->size(); ++i) {
+    Incoming& in = (*items)[i];
+    if (in.status != kOk) continue;
+    if (in.crc != crcs[i]) {
+      ++checksum_failures_;
+      in.status = kChecksumMismatch;
+      in.value.reset();
+      continue;
+    }
+    in.status = status_of(store_->commit(in.key, std::move(in.value), in.crc, std::move(in.reservation)));
   }
-  return status_of(store_->commit(key, std::move(v), crc, std::move(r)));
 }
 
 void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& meta) {
@@ -222,13 +237,16 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
 
   switch (op) {
     case kPut: {
-      std::string key(in.key());
-      uint64_t size = in.u64();
-      uint32_t crc = in.u32();
+      std::vector<Incoming> items(1);
+      items[0].key = std::string(in.key());
+      items[0].size = in.u64();
       in.u32();  // flags
       in.expect_end();
-      if (h.data_len != size) fail(ErrorKind::Protocol, "put: data length does not match the value size");
-      reply(receive_value(s, key, size, crc));
+      if (h.data_len != items[0].size + seal_len(1))
+        fail(ErrorKind::Protocol, "put: data length does not match the value size");
+      receive_value(s, &items[0]);
+      commit_values(s, h, &items);
+      reply(items[0].status);
       return;
     }
     case kGet: {
@@ -294,24 +312,21 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
     case kBatchPut: {
       uint32_t n = in.u32();
       if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch_put: too many items");
-      struct Item {
-        std::string key;
-        uint64_t size;
-        uint32_t crc;
-      };
-      std::vector<Item> items;
-      items.reserve(n);
+      std::vector<Incoming> items(n);
       uint64_t total = 0;
-      for (uint32_t i = 0; i < n; ++i) {
-        Item it{std::string(in.key()), in.u64(), in.u32()};
+      for (Incoming& it : items) {
+        it.key = std::string(in.key());
+        it.size = in.u64();
         if (it.size > kMaxDataLen - total) fail(ErrorKind::Protocol, "batch_put: value sizes exceed the frame limit");
         total += it.size;
-        items.push_back(std::move(it));
       }
       in.expect_end();
-      if (total != h.data_len) fail(ErrorKind::Protocol, "batch_put: data length does not match the value sizes");
+      if (total + seal_len(n) != h.data_len)
+        fail(ErrorKind::Protocol, "batch_put: data length does not match the value sizes");
+      for (Incoming& it : items) receive_value(s, &it);
+      commit_values(s, h, &items);
       out.u32(n);
-      for (const Item& it : items) out.u16(receive_value(s, it.key, it.size, it.crc));
+      for (const Incoming& it : items) out.u16(it.status);
       reply(kOk);
       return;
     }
@@ -373,23 +388,20 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
     case kPutPart: {
       std::string key(in.key());
       uint64_t upload_id = in.u64(), total = in.u64(), offset = in.u64(), len = in.u64();
-      uint32_t crc = in.u32();
       in.expect_end();
-      if (h.data_len != len) fail(ErrorKind::Protocol, "put_part: data length does not match the part length");
-      if (!key_ok(key)) {
+      if (h.data_len != len + seal_len(1))
+        fail(ErrorKind::Protocol, "put_part: data length does not match the part length");
+      auto refuse = [&](uint16_t st) {
         drain(s, len);
-        reply(kKeyInvalid);
-        return;
-      }
-      Store::PartTarget target;
-      PutResult pr = store_->part_begin(key, upload_id, total, offset, len, &target);
-      if (pr != PutResult::Ok || target.duplicate) {
-        drain(s, len);
+        s.recv_seal(h, 1, t);
         out.u8(0);
         out.u64(0);
-        reply(status_of(pr));
-        return;
-      }
+        reply(st);
+      };
+      if (!key_ok(key)) return refuse(kKeyInvalid);
+      Store::PartTarget target;
+      PutResult pr = store_->part_begin(key, upload_id, total, offset, len, &target);
+      if (pr != PutResult::Ok || target.duplicate) return refuse(status_of(pr));
       uint32_t got = 0;
       bool ok = false;
       try {
@@ -397,7 +409,7 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
           s.sock().recv_exact(target.buffer->data + offset, len, t,
                               [&](const uint8_t* p, size_t m) { got = crc32c(got, p, m); });
         bytes_in_ += len;
-        ok = got == crc;
+        ok = s.recv_seal(h, 1, t)[0] == got;
       } catch (...) {
         bool c;
         uint64_t r;

@@ -80,6 +80,12 @@ static_assert(sizeof(AuthResult) == 16);
 static_assert(sizeof(FrameHeader) == 64);
 constexpr size_t kMacCovered = 32;  // header bytes before `mac`
 
+// Frames that carry values (PUT, BATCH_PUT, PUT_PART) end with a seal after
+// the value bytes: one CRC-32C per value, then an HMAC binding those CRCs to
+// the frame (its header MAC). The writer checksums each piece just before
+// sending it (while it is hot in cache) instead of in a pass beforehand.
+constexpr size_t seal_len(size_t n_values) { return n_values * 4 + 32; }
+
 enum Op : uint8_t {
   kPut = 0x01,
   kGet = 0x02,

@@ -1,9 +1,11 @@
 #include "session.hpp"
 
 #include <cstddef>
+#include <algorithm>
 #include <cstring>
 #include <string>
 
+#include "../common/crc32c.hpp"
 #include "../common/error.hpp"
 
 namespace memkv::wire {
@@ -13,6 +15,8 @@ constexpr std::string_view kServerProofLabel = "memkv/1 server";
 constexpr std::string_view kClientProofLabel = "memkv/1 client";
 constexpr std::string_view kC2SLabel = "memkv/1 c2s";
 constexpr std::string_view kS2CLabel = "memkv/1 s2c";
+constexpr std::string_view kSealLabel = "memkv/1 seal";
+constexpr size_t kCrcPiece = 512 * 1024;  // checksum, then send, this much at a time
 
 // The server proof covers the whole ClientHello and every ServerHello byte
 // before the proof: version, status, nonces, node id and limits.
@@ -156,6 +160,72 @@ std::vector<uint8_t> Session::encode_frame(uint8_t op, uint16_t status, const st
   std::memcpy(out.data(), &h, sizeof(h));
   out.insert(out.end(), meta.begin(), meta.end());
   out.insert(out.end(), data.begin(), data.end());
+  return out;
+}
+
+void Session::send_sealed(uint8_t op, const std::vector<uint8_t>& meta,
+                          const std::vector<std::vector<struct iovec>>& values, int timeout_ms) {
+  uint64_t total = seal_len(values.size());
+  for (const auto& v : values)
+    for (const struct iovec& p : v) total += p.iov_len;
+  FrameHeader h{};
+  h.op = op;
+  h.data_len = total;
+  seal(&h, meta);
+  std::vector<struct iovec> head{{&h, sizeof(h)}};
+  if (!meta.empty()) head.push_back({const_cast<uint8_t*>(meta.data()), meta.size()});
+  sock_.send_iov(head.data(), static_cast<int>(head.size()), timeout_ms);
+  std::vector<uint32_t> crcs;
+  crcs.reserve(values.size());
+  for (const auto& v : values) {
+    uint32_t crc = 0;
+    for (const struct iovec& p : v) {
+      const auto* b = static_cast<const uint8_t*>(p.iov_base);
+      for (size_t off = 0; off < p.iov_len; off += kCrcPiece) {
+        size_t n = std::min(kCrcPiece, p.iov_len - off);
+        crc = crc32c(crc, b + off, n);
+        sock_.send_all(b + off, n, timeout_ms);
+      }
+    }
+    crcs.push_back(crc);
+  }
+  uint8_t mac[kMacLen];
+  send_mac_.sign({Span(kSealLabel), Span(h.mac, kMacLen), Span(crcs.data(), crcs.size() * 4)}, mac);
+  struct iovec tail[2] = {{crcs.data(), crcs.size() * 4}, {mac, kMacLen}};
+  sock_.send_iov(tail, 2, timeout_ms);
+}
+
+std::vector<uint32_t> Session::recv_seal(const FrameHeader& h, size_t n, int timeout_ms) {
+  std::vector<uint32_t> crcs(n);
+  uint8_t mac[kMacLen];
+  if (n) sock_.recv_exact(crcs.data(), n * 4, timeout_ms);
+  sock_.recv_exact(mac, kMacLen, timeout_ms);
+  if (!recv_mac_.verify({Span(kSealLabel), Span(h.mac, kMacLen), Span(crcs.data(), n * 4)}, mac))
+    fail(ErrorKind::Protocol, "the checksums sealing a frame from " + sock_.peer() + " failed authentication");
+  return crcs;
+}
+
+std::vector<uint8_t> Session::encode_sealed(uint8_t op, const std::vector<uint8_t>& meta,
+                                            const std::vector<std::vector<uint8_t>>& values) {
+  std::vector<uint8_t> data;
+  std::vector<uint32_t> crcs;
+  for (const auto& v : values) {
+    data.insert(data.end(), v.begin(), v.end());
+    crcs.push_back(crc32c(0, v.data(), v.size()));
+  }
+  FrameHeader h{};
+  h.op = op;
+  h.data_len = data.size() + seal_len(values.size());
+  seal(&h, meta);
+  uint8_t mac[kMacLen];
+  send_mac_.sign({Span(kSealLabel), Span(h.mac, kMacLen), Span(crcs.data(), crcs.size() * 4)}, mac);
+  std::vector<uint8_t> out(sizeof(h));
+  std::memcpy(out.data(), &h, sizeof(h));
+  out.insert(out.end(), meta.begin(), meta.end());
+  out.insert(out.end(), data.begin(), data.end());
+  const auto* c = reinterpret_cast<const uint8_t*>(crcs.data());
+  out.insert(out.end(), c, c + crcs.size() * 4);
+  out.insert(out.end(), mac, mac + kMacLen);
   return out;
 }
 

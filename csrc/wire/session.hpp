@@ -38,10 +38,21 @@ class Session {
   // Sends header + metadata + the data pieces (which must add up to data_len).
   void send_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta, const struct iovec* data, int n_data,
                   uint64_t data_len, int timeout_ms);
+  // Sends a value-carrying request: header + metadata, then each value's
+  // pieces checksummed as they go, then the seal (see protocol.hpp).
+  // `values[i]` lists value i's pieces in order.
+  void send_sealed(uint8_t op, const std::vector<uint8_t>& meta, const std::vector<std::vector<struct iovec>>& values,
+                   int timeout_ms);
+  // Reads the seal of a received value-carrying frame `h` (n CRCs), checks
+  // its MAC (a protocol error if it fails) and returns the CRCs.
+  std::vector<uint32_t> recv_seal(const FrameHeader& h, size_t n, int timeout_ms);
   // Builds the exact bytes send_frame would put on the wire for a frame with
   // `data` inline (tests use this to tamper with and replay frames).
   std::vector<uint8_t> encode_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta,
                                     const std::vector<uint8_t>& data);
+  // The same for a sealed frame whose data is `values` back to back.
+  std::vector<uint8_t> encode_sealed(uint8_t op, const std::vector<uint8_t>& meta,
+                                     const std::vector<std::vector<uint8_t>>& values);
 
   // Receives and verifies the next header and its metadata. Returns false if
   // the peer closed, or sent nothing for idle_timeout_ms (-1: wait forever),
