@@ -61,7 +61,7 @@ def test_tampered_header_closes_connection(node, auth_key, client_for):
 def test_tampered_payload_is_rejected_not_stored(node, auth_key, client_for):
     s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
     frame = bytearray(put_frame(s, b"payload", b"hello world"))
-    frame[-37] ^= 0x20  # last value byte (before the 36-byte seal): covered by the CRC, not a MAC
+    frame[-37] ^= 0x20  # last value byte (before its 36-byte seal): covered by the CRC, not a MAC
     s.send_raw(bytes(frame))
     assert s.recv_status() == STATUS_CHECKSUM
     assert client_for([node]).get("payload") is None

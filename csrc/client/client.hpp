@@ -26,7 +26,8 @@ struct ClientOptions {
 
 // Per-item outcomes of batch reads (non-negative values are sizes).
 constexpr int64_t kItemMissing = -1;
-constexpr int64_t kItemChecksum = -2;     // bytes failed verification: not returned
+constexpr int64_t kItemChecksum = -2;     // bytes failed verification: never report them as the value
+                                          // (they may already sit in the caller's buffer)
 constexpr int64_t kItemTooSmall = -3;     // the caller's buffer is smaller than the value
 constexpr int64_t kItemUnavailable = -4;  // the node could not be reached in time
 constexpr int64_t kItemError = -5;        // the node answered with an error status

@@ -184,43 +184,27 @@ void Node::drain(Session& s, uint64_t n) {
   }
 }
 
-// Receives one value of a put straight into its DRAM buffer, checksumming
-// the bytes as they land.
-void Node::receive_value(Session& s, Incoming* in) {
-  if (!key_ok(in->key)) {
-    drain(s, in->size);
-    in->status = kKeyInvalid;
-    return;
-  }
-  PutResult pr = store_->reserve(in->size, in->key.size(), &in->reservation);
-  if (pr != PutResult::Ok) {
-    drain(s, in->size);
-    in->status = status_of(pr);
-    return;
-  }
-  in->value = Value::make(in->size);
+uint16_t Node::receive_value(Session& s, const FrameHeader& h, uint32_t index, const std::string& key,
+                             uint64_t size) {
+  auto refuse = [&](uint16_t st) {
+    drain(s, size);
+    s.recv_seal(h, index, opts_.io_timeout_ms);  // framing continues; the value is dropped
+    return st;
+  };
+  if (!key_ok(key)) return refuse(kKeyInvalid);
+  Reservation r;
+  PutResult pr = store_->reserve(size, key.size(), &r);
+  if (pr != PutResult::Ok) return refuse(status_of(pr));
+  ValuePtr v = Value::make(size);
   uint32_t crc = 0;
-  if (in->size)
-    s.sock().recv_exact(in->value->data, in->size, opts_.io_timeout_ms,
-                        [&](const uint8_t* p, size_t n) { crc = crc32c(crc, p, n); });
-  in->crc = crc;
-  bytes_in_ += in->size;
-}
-
-// Reads the frame's seal and publishes every value whose checksum matches.
-void Node::commit_values(Session& s, const FrameHeader& h, std::vector<Incoming>* items) {
-  std::vector<uint32_t> crcs = s.recv_seal(h, items->size(), opts_.io_timeout_ms);
-  for (size_t i = 0; i < items->size(); ++i) {
-    Incoming& in = (*items)[i];
-    if (in.status != kOk) continue;
-    if (in.crc != crcs[i]) {
-      ++checksum_failures_;
-      in.status = kChecksumMismatch;
-      in.value.reset();
-      continue;
-    }
-    in.status = status_of(store_->commit(in.key, std::move(in.value), in.crc, std::move(in.reservation)));
+  if (size)
+    s.sock().recv_exact(v->data, size, opts_.io_timeout_ms, [&](const uint8_t* p, size_t n) { crc = crc32c(crc, p, n); });
+  bytes_in_ += size;
+  if (s.recv_seal(h, index, opts_.io_timeout_ms) != crc) {
+    ++checksum_failures_;
+    return kChecksumMismatch;
   }
+  return status_of(store_->commit(key, std::move(v), crc, std::move(r)));
 }
 
 void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& meta) {
@@ -237,16 +221,13 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
 
   switch (op) {
     case kPut: {
-      std::vector<Incoming> items(1);
-      items[0].key = std::string(in.key());
-      items[0].size = in.u64();
+      std::string key(in.key());
+      uint64_t size = in.u64();
       in.u32();  // flags
       in.expect_end();
-      if (h.data_len != items[0].size + seal_len(1))
+      if (size > kMaxDataLen || h.data_len != size + kSealLen)
         fail(ErrorKind::Protocol, "put: data length does not match the value size");
-      receive_value(s, &items[0]);
-      commit_values(s, h, &items);
-      reply(items[0].status);
+      reply(receive_value(s, h, 0, key, size));
       return;
     }
     case kGet: {
@@ -312,21 +293,21 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
     case kBatchPut: {
       uint32_t n = in.u32();
       if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch_put: too many items");
-      std::vector<Incoming> items(n);
+      std::vector<std::pair<std::string, uint64_t>> items;
+      items.reserve(n);
       uint64_t total = 0;
-      for (Incoming& it : items) {
-        it.key = std::string(in.key());
-        it.size = in.u64();
-        if (it.size > kMaxDataLen - total) fail(ErrorKind::Protocol, "batch_put: value sizes exceed the frame limit");
-        total += it.size;
+      for (uint32_t i = 0; i < n; ++i) {
+        std::string key(in.key());
+        uint64_t size = in.u64();
+        if (size > kMaxDataLen - total) fail(ErrorKind::Protocol, "batch_put: value sizes exceed the frame limit");
+        total += size;
+        items.emplace_back(std::move(key), size);
       }
       in.expect_end();
-      if (total + seal_len(n) != h.data_len)
+      if (total + uint64_t{n} * kSealLen != h.data_len)
         fail(ErrorKind::Protocol, "batch_put: data length does not match the value sizes");
-      for (Incoming& it : items) receive_value(s, &it);
-      commit_values(s, h, &items);
       out.u32(n);
-      for (const Incoming& it : items) out.u16(it.status);
+      for (uint32_t i = 0; i < n; ++i) out.u16(receive_value(s, h, i, items[i].first, items[i].second));
       reply(kOk);
       return;
     }
@@ -389,11 +370,11 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       std::string key(in.key());
       uint64_t upload_id = in.u64(), total = in.u64(), offset = in.u64(), len = in.u64();
       in.expect_end();
-      if (h.data_len != len + seal_len(1))
+      if (len > kMaxDataLen || h.data_len != len + kSealLen)
         fail(ErrorKind::Protocol, "put_part: data length does not match the part length");
       auto refuse = [&](uint16_t st) {
         drain(s, len);
-        s.recv_seal(h, 1, t);
+        s.recv_seal(h, 0, t);
         out.u8(0);
         out.u64(0);
         reply(st);
@@ -409,7 +390,7 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
           s.sock().recv_exact(target.buffer->data + offset, len, t,
                               [&](const uint8_t* p, size_t m) { got = crc32c(got, p, m); });
         bytes_in_ += len;
-        ok = s.recv_seal(h, 1, t)[0] == got;
+        ok = s.recv_seal(h, 0, t) == got;
       } catch (...) {
         bool c;
         uint64_t r;

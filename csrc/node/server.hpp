@@ -64,19 +64,11 @@ class Node {
   void serve(std::shared_ptr<Conn> conn, Socket sock);
   void reap_locked(bool all);
   void handle(wire::Session& s, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
-  // A value being put: received into its own DRAM buffer, published only
-  // after the frame's seal has verified its checksum.
-  struct Incoming {
-    std::string key;
-    uint64_t size = 0;
-    uint16_t status = 0;
-    ValuePtr value;
-    Reservation reservation;
-    uint32_t crc = 0;  // computed over the bytes as they arrived
-  };
   void drain(wire::Session& s, uint64_t n);
-  void receive_value(wire::Session& s, Incoming* in);
-  void commit_values(wire::Session& s, const wire::FrameHeader& h, std::vector<Incoming>* items);
+  // Receives value `index` of frame h straight into a DRAM buffer and
+  // publishes it once its seal verifies; returns the wire status.
+  uint16_t receive_value(wire::Session& s, const wire::FrameHeader& h, uint32_t index, const std::string& key,
+                         uint64_t size);
 
   NodeOptions opts_;
   std::unique_ptr<Store> store_;

@@ -189,7 +189,7 @@ void Store::publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uin
     Entry* old = it->second.get();
     // The old shard goes first, so a crash before the new one lands reads
     // as a miss, not as the previous value.
-    if (old->on_disk) flush_queue_.push_back({false, key, old->version});
+    if (old->on_disk) flush_queue_.push_back({false, key, old->version, mono_ms()});
     drop_entry_locked(old);
   }
   auto e = std::make_unique<Entry>();
@@ -204,7 +204,7 @@ void Store::publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uin
   if (files_) {
     e->dirty = true;
     dirty_bytes_ += e->size;
-    flush_queue_.push_back({true, key, e->version});
+    flush_queue_.push_back({true, key, e->version, mono_ms()});
     flush_cv_.notify_one();
   } else {
     lru_touch_locked(e.get());
@@ -271,7 +271,7 @@ ValuePtr Store::get(const std::string& key, uint32_t* crc) {
       if (same) {
         it->second->on_disk = false;
         drop_entry_locked(it->second.get());
-        flush_queue_.push_back({false, key, version});
+        flush_queue_.push_back({false, key, version, mono_ms()});
         flush_cv_.notify_one();
       }
     }
@@ -316,7 +316,7 @@ bool Store::remove(const std::string& key) {
     if (it == index_.end()) return false;
     Entry* e = it->second.get();
     if (e->on_disk) {
-      flush_queue_.push_back({false, key, e->version});
+      flush_queue_.push_back({false, key, e->version, mono_ms()});
       flush_cv_.notify_one();
     }
     drop_entry_locked(e);
@@ -329,8 +329,9 @@ void Store::flusher_main() {
   // Write-back runs at idle priority: on a busy node it yields the cores to
   // the request path, and DRAM back-pressure (reserve) bounds how far behind
   // it may fall. On an idle node it drains at full disk speed.
-  // With fsync=always, and whenever a put waits for DRAM, acknowledgements
-  // depend on the flusher: it then runs at normal priority.
+  // With fsync=always, whenever a put waits for DRAM, and whenever the oldest
+  // queued write is older than half the sync interval (so acknowledged data
+  // stays within the interval of its shard), it runs at normal priority.
   // Leaving SCHED_IDLE needs CAP_SYS_NICE or a permissive RLIMIT_NICE, so
   // idle mode is used only where a probe thread shows the way back works.
   static const bool can_idle = [] {
@@ -358,8 +359,10 @@ void Store::flusher_main() {
       int wait_ms = interval && !unsynced.empty() ? std::max(1, cfg_.fsync_interval_ms) : 1000;
       flush_cv_.wait_for(lk, std::chrono::milliseconds(wait_ms));
     }
-    set_idle(cfg_.fsync != FsyncMode::Always && space_waiters_ == 0);
     uint64_t now = mono_ms();
+    set_idle(cfg_.fsync != FsyncMode::Always && space_waiters_ == 0 &&
+             (flush_queue_.empty() ||
+              now - flush_queue_.front().queued_ms < static_cast<uint64_t>(cfg_.fsync_interval_ms) / 2));
     expire_parts_locked(now);
     if (files_ && !unsynced.empty() && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
                               unsynced.size() >= 256 || (stopping_ && flush_queue_.empty()))) {

@@ -144,6 +144,7 @@ class Store {
     bool write;  // else remove
     std::string key;
     uint64_t version;
+    uint64_t queued_ms = 0;
   };
   struct Part {
     ValuePtr buffer;

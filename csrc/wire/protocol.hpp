@@ -80,11 +80,12 @@ static_assert(sizeof(AuthResult) == 16);
 static_assert(sizeof(FrameHeader) == 64);
 constexpr size_t kMacCovered = 32;  // header bytes before `mac`
 
-// Frames that carry values (PUT, BATCH_PUT, PUT_PART) end with a seal after
-// the value bytes: one CRC-32C per value, then an HMAC binding those CRCs to
-// the frame (its header MAC). The writer checksums each piece just before
-// sending it (while it is hot in cache) instead of in a pass beforehand.
-constexpr size_t seal_len(size_t n_values) { return n_values * 4 + 32; }
+// In frames that carry values (PUT, BATCH_PUT, PUT_PART) every value is
+// followed by its seal: its CRC-32C and an HMAC binding that CRC to the frame
+// (its header MAC) and the value's index. The writer checksums each piece
+// just before sending it (while it is hot in cache), and the node can verify
+// and publish each value as soon as its seal arrives.
+constexpr size_t kSealLen = 4 + 32;
 
 enum Op : uint8_t {
   kPut = 0x01,

@@ -163,9 +163,14 @@ std::vector<uint8_t> Session::encode_frame(uint8_t op, uint16_t status, const st
   return out;
 }
 
+void Session::seal_value(const FrameHeader& h, uint32_t index, uint32_t crc, uint8_t out[kSealLen]) {
+  std::memcpy(out, &crc, 4);
+  send_mac_.sign({Span(kSealLabel), Span(h.mac, kMacLen), Span(&index, 4), Span(&crc, 4)}, out + 4);
+}
+
 void Session::send_sealed(uint8_t op, const std::vector<uint8_t>& meta,
                           const std::vector<std::vector<struct iovec>>& values, int timeout_ms) {
-  uint64_t total = seal_len(values.size());
+  uint64_t total = values.size() * kSealLen;
   for (const auto& v : values)
     for (const struct iovec& p : v) total += p.iov_len;
   FrameHeader h{};
@@ -175,11 +180,9 @@ void Session::send_sealed(uint8_t op, const std::vector<uint8_t>& meta,
   std::vector<struct iovec> head{{&h, sizeof(h)}};
   if (!meta.empty()) head.push_back({const_cast<uint8_t*>(meta.data()), meta.size()});
   sock_.send_iov(head.data(), static_cast<int>(head.size()), timeout_ms);
-  std::vector<uint32_t> crcs;
-  crcs.reserve(values.size());
-  for (const auto& v : values) {
+  for (uint32_t i = 0; i < values.size(); ++i) {
     uint32_t crc = 0;
-    for (const struct iovec& p : v) {
+    for (const struct iovec& p : values[i]) {
       const auto* b = static_cast<const uint8_t*>(p.iov_base);
       for (size_t off = 0; off < p.iov_len; off += kCrcPiece) {
         size_t n = std::min(kCrcPiece, p.iov_len - off);
@@ -187,45 +190,38 @@ void Session::send_sealed(uint8_t op, const std::vector<uint8_t>& meta,
         sock_.send_all(b + off, n, timeout_ms);
       }
     }
-    crcs.push_back(crc);
+    uint8_t sealed[kSealLen];
+    seal_value(h, i, crc, sealed);
+    sock_.send_all(sealed, kSealLen, timeout_ms);
   }
-  uint8_t mac[kMacLen];
-  send_mac_.sign({Span(kSealLabel), Span(h.mac, kMacLen), Span(crcs.data(), crcs.size() * 4)}, mac);
-  struct iovec tail[2] = {{crcs.data(), crcs.size() * 4}, {mac, kMacLen}};
-  sock_.send_iov(tail, 2, timeout_ms);
 }
 
-std::vector<uint32_t> Session::recv_seal(const FrameHeader& h, size_t n, int timeout_ms) {
-  std::vector<uint32_t> crcs(n);
-  uint8_t mac[kMacLen];
-  if (n) sock_.recv_exact(crcs.data(), n * 4, timeout_ms);
-  sock_.recv_exact(mac, kMacLen, timeout_ms);
-  if (!recv_mac_.verify({Span(kSealLabel), Span(h.mac, kMacLen), Span(crcs.data(), n * 4)}, mac))
-    fail(ErrorKind::Protocol, "the checksums sealing a frame from " + sock_.peer() + " failed authentication");
-  return crcs;
+uint32_t Session::recv_seal(const FrameHeader& h, uint32_t index, int timeout_ms) {
+  uint8_t sealed[kSealLen];
+  sock_.recv_exact(sealed, kSealLen, timeout_ms);
+  uint32_t crc;
+  std::memcpy(&crc, sealed, 4);
+  if (!recv_mac_.verify({Span(kSealLabel), Span(h.mac, kMacLen), Span(&index, 4), Span(&crc, 4)}, sealed + 4))
+    fail(ErrorKind::Protocol, "the checksum sealing a value from " + sock_.peer() + " failed authentication");
+  return crc;
 }
 
 std::vector<uint8_t> Session::encode_sealed(uint8_t op, const std::vector<uint8_t>& meta,
                                             const std::vector<std::vector<uint8_t>>& values) {
-  std::vector<uint8_t> data;
-  std::vector<uint32_t> crcs;
-  for (const auto& v : values) {
-    data.insert(data.end(), v.begin(), v.end());
-    crcs.push_back(crc32c(0, v.data(), v.size()));
-  }
   FrameHeader h{};
   h.op = op;
-  h.data_len = data.size() + seal_len(values.size());
+  h.data_len = values.size() * kSealLen;
+  for (const auto& v : values) h.data_len += v.size();
   seal(&h, meta);
-  uint8_t mac[kMacLen];
-  send_mac_.sign({Span(kSealLabel), Span(h.mac, kMacLen), Span(crcs.data(), crcs.size() * 4)}, mac);
   std::vector<uint8_t> out(sizeof(h));
   std::memcpy(out.data(), &h, sizeof(h));
   out.insert(out.end(), meta.begin(), meta.end());
-  out.insert(out.end(), data.begin(), data.end());
-  const auto* c = reinterpret_cast<const uint8_t*>(crcs.data());
-  out.insert(out.end(), c, c + crcs.size() * 4);
-  out.insert(out.end(), mac, mac + kMacLen);
+  for (uint32_t i = 0; i < values.size(); ++i) {
+    out.insert(out.end(), values[i].begin(), values[i].end());
+    uint8_t sealed[kSealLen];
+    seal_value(h, i, crc32c(0, values[i].data(), values[i].size()), sealed);
+    out.insert(out.end(), sealed, sealed + kSealLen);
+  }
   return out;
 }
 

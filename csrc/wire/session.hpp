@@ -39,13 +39,13 @@ class Session {
   void send_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta, const struct iovec* data, int n_data,
                   uint64_t data_len, int timeout_ms);
   // Sends a value-carrying request: header + metadata, then each value's
-  // pieces checksummed as they go, then the seal (see protocol.hpp).
-  // `values[i]` lists value i's pieces in order.
+  // pieces, checksummed as they go, each value followed by its seal (see
+  // protocol.hpp). `values[i]` lists value i's pieces in order.
   void send_sealed(uint8_t op, const std::vector<uint8_t>& meta, const std::vector<std::vector<struct iovec>>& values,
                    int timeout_ms);
-  // Reads the seal of a received value-carrying frame `h` (n CRCs), checks
-  // its MAC (a protocol error if it fails) and returns the CRCs.
-  std::vector<uint32_t> recv_seal(const FrameHeader& h, size_t n, int timeout_ms);
+  // Reads the seal of value `index` of frame `h`, checks its MAC (a protocol
+  // error if it fails) and returns the value's CRC.
+  uint32_t recv_seal(const FrameHeader& h, uint32_t index, int timeout_ms);
   // Builds the exact bytes send_frame would put on the wire for a frame with
   // `data` inline (tests use this to tamper with and replay frames).
   std::vector<uint8_t> encode_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta,
@@ -62,6 +62,7 @@ class Session {
  private:
   Session(Socket sock, const Key32& send_key, const Key32& recv_key);
   void seal(FrameHeader* h, const std::vector<uint8_t>& meta);
+  void seal_value(const FrameHeader& h, uint32_t index, uint32_t crc, uint8_t out[kSealLen]);
 
   Socket sock_;
   Hmac send_mac_;
