@@ -30,6 +30,7 @@ ServerPool::Lease ServerPool::acquire() {
   try {
     Socket sock = Socket::connect_to(addr_.host, addr_.port, connect_timeout_ms_);
     sock.set_peer(addr_.name);
+    sock.set_spin_us(50);
     auto s = wire::Session::client(std::move(sock), key_, op_timeout_ms_);
     lk.lock();
     max_value_bytes_ = s->peer().max_value_bytes;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstring>
 
@@ -34,6 +35,7 @@ Socket& Socket::operator=(Socket&& o) noexcept {
     fd_ = o.fd_;
     rcv_timeout_ms_ = o.rcv_timeout_ms_;
     snd_timeout_ms_ = o.snd_timeout_ms_;
+    spin_us_ = o.spin_us_;
     peer_ = std::move(o.peer_);
     o.fd_ = -1;
   }
@@ -180,6 +182,16 @@ void Socket::recv_exact(void* p, size_t n, int timeout_ms,
 
 bool Socket::recv_first(void* p, size_t n, int idle_timeout_ms, int timeout_ms) {
   if (fd_ < 0) return false;
+  // A reply usually lands within tens of microseconds: spinning that long
+  // costs less than sleeping and being woken (an IPI, costly on VMs).
+  auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+  if (spin_us_ > 0) {
+    // poll() reads the socket's state without taking its lock, so spinning
+    // does not slow the kernel delivering the reply on the other core.
+    struct pollfd pfd {fd_, POLLIN, 0};
+    while (::poll(&pfd, 1, 0) == 0 && std::chrono::steady_clock::now() < spin_until) {
+    }
+  }
   for (;;) {
     ssize_t r = ::recv(fd_, p, n, MSG_DONTWAIT);
     if (r > 0) {

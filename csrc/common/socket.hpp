@@ -18,7 +18,11 @@ class Socket {
   explicit Socket(int fd) : fd_(fd) {}
   ~Socket() { close(); }
   Socket(Socket&& o) noexcept
-      : fd_(o.fd_), rcv_timeout_ms_(o.rcv_timeout_ms_), snd_timeout_ms_(o.snd_timeout_ms_), peer_(std::move(o.peer_)) {
+      : fd_(o.fd_),
+        rcv_timeout_ms_(o.rcv_timeout_ms_),
+        snd_timeout_ms_(o.snd_timeout_ms_),
+        spin_us_(o.spin_us_),
+        peer_(std::move(o.peer_)) {
     o.fd_ = -1;
   }
   Socket& operator=(Socket&& o) noexcept;
@@ -32,6 +36,8 @@ class Socket {
   // Wakes a thread blocked in recv on this socket (used for shutdown).
   void shutdown_read();
   void set_peer(std::string p) { peer_ = std::move(p); }
+  // How long recv_first polls before sleeping (clients waiting for a reply).
+  void set_spin_us(int us) { spin_us_ = us; }
   const std::string& peer() const { return peer_; }
 
   // timeout_ms < 0 waits forever.
@@ -50,6 +56,7 @@ class Socket {
   int fd_ = -1;
   int rcv_timeout_ms_ = 0;  // as last set on the fd; 0: none (blocking forever)
   int snd_timeout_ms_ = 0;
+  int spin_us_ = 0;
   std::string peer_;
 };
 

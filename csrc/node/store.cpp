@@ -330,7 +330,7 @@ void Store::flusher_main() {
   // the request path, and DRAM back-pressure (reserve) bounds how far behind
   // it may fall. On an idle node it drains at full disk speed.
   // With fsync=always, whenever a put waits for DRAM, and whenever the oldest
-  // queued write is older than half the sync interval (so acknowledged data
+  // queued task (write or removal) is older than half the sync interval (so acknowledged data
   // stays within the interval of its shard), it runs at normal priority.
   // Leaving SCHED_IDLE needs CAP_SYS_NICE or a permissive RLIMIT_NICE, so
   // idle mode is used only where a probe thread shows the way back works.

@@ -46,7 +46,7 @@ struct ServerHello {  // 128 bytes
   uint8_t nonce[kNonceLen];
   uint8_t node_id[kNodeIdLen];
   uint64_t max_value_bytes;  // largest value this node accepts
-  uint8_t proof[32];  // HMAC(K, "memkv/1 server" | ClientHello | ServerHello[0:96]) -- binds version and nonces
+  uint8_t proof[32];  // HMAC(K, "memkv/1 server" | ClientHello | ServerHello bytes before `proof`)
   uint8_t reserved[32];
 };
 struct ClientAuth {  // 64 bytes
@@ -69,7 +69,8 @@ struct FrameHeader {  // 64 bytes
   uint64_t seq;       // per direction, 1, 2, 3 ... (replay and reorder guard)
   uint32_t meta_len;  // metadata after the header, covered by the MAC
   uint32_t reserved;
-  uint64_t data_len;  // bulk bytes after the metadata, covered by CRC-32C in the metadata
+  uint64_t data_len;  // bulk bytes after the metadata (values: each followed by its seal in requests;
+                      // responses carry value CRCs in their metadata)
   uint8_t mac[32];    // HMAC(direction key, header[0:32] | metadata)
 };
 #pragma pack(pop)
