@@ -146,12 +146,15 @@ void Client::put(std::string_view key, const void* data, uint64_t len) {
   });
 }
 
-int64_t Client::get_into(std::string_view key, void* buf, uint64_t cap) {
+// One GET of the object's first `limit` bytes; dest(object size, bytes
+// coming) says where they land. Returns the object's size or kItemMissing.
+int64_t Client::get_common(std::string_view key, uint64_t limit,
+                           const std::function<uint8_t*(uint64_t, uint64_t)>& dest) {
   check_key(key);
   ByteWriter m;
   m.key(key);
   m.u64(0);
-  m.u64(cap);
+  m.u64(limit);
   return with_session(route(key), [&](Session& s) -> int64_t {
     s.send_frame(kGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
     FrameHeader h;
@@ -161,41 +164,27 @@ int64_t Client::get_into(std::string_view key, void* buf, uint64_t cap) {
     if (h.status != kOk) server_error("get", s.sock().peer(), h.status);
     ByteReader r(meta.data(), meta.size());
     uint64_t size = r.u64();
-    r.u64();
+    r.u64();  // offset
     uint32_t crc = r.u32();
-    if (h.data_len > cap) fail(ErrorKind::Protocol, "get reply longer than requested");
-    uint32_t got = recv_value(s, buf, h.data_len, opts_.op_timeout_ms);
-    if (got != crc)
+    if (h.data_len > limit || h.data_len > size) fail(ErrorKind::Protocol, "get reply longer than requested");
+    if (recv_value(s, dest(size, h.data_len), h.data_len, opts_.op_timeout_ms) != crc)
       fail(ErrorKind::Checksum, "value read from " + s.sock().peer() + " failed its checksum; the bytes were discarded");
-    if (size > cap)
-      fail(ErrorKind::Config, "buffer too small: the value is " + std::to_string(size) + " bytes, the buffer " +
-                                  std::to_string(cap));
     return static_cast<int64_t>(size);
   });
 }
 
+int64_t Client::get_into(std::string_view key, void* buf, uint64_t cap) {
+  int64_t size = get_common(key, cap, [&](uint64_t, uint64_t) { return static_cast<uint8_t*>(buf); });
+  if (size > static_cast<int64_t>(cap))
+    fail(ErrorKind::Config, "buffer too small: the value is " + std::to_string(size) + " bytes, the buffer " +
+                                std::to_string(cap));
+  return size;
+}
+
 int64_t Client::get_alloc(std::string_view key, const std::function<uint8_t*(uint64_t)>& alloc) {
-  check_key(key);
-  ByteWriter m;
-  m.key(key);
-  m.u64(0);
-  m.u64(kMissing);
-  return with_session(route(key), [&](Session& s) -> int64_t {
-    s.send_frame(kGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
-    FrameHeader h;
-    std::vector<uint8_t> meta;
-    recv_response(s, kGet, &h, &meta);
-    if (h.status == kNotFound) return kItemMissing;
-    if (h.status != kOk) server_error("get", s.sock().peer(), h.status);
-    ByteReader r(meta.data(), meta.size());
-    uint64_t size = r.u64();
-    r.u64();
-    uint32_t crc = r.u32();
-    if (h.data_len != size) fail(ErrorKind::Protocol, "get reply length does not match the object size");
-    uint8_t* dst = alloc(size);
-    if (recv_value(s, dst, size, opts_.op_timeout_ms) != crc)
-      fail(ErrorKind::Checksum, "value read from " + s.sock().peer() + " failed its checksum; the bytes were discarded");
-    return static_cast<int64_t>(size);
+  return get_common(key, kMissing, [&](uint64_t size, uint64_t len) {
+    if (len != size) fail(ErrorKind::Protocol, "get reply length does not match the object size");
+    return alloc(size);
   });
 }
 
@@ -446,10 +435,7 @@ void Client::batch_put_segments(const std::vector<std::string_view>& keys, const
         if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_put reply has the wrong item count");
         for (uint32_t i : f.items) (*status)[i] = r.u16();
       },
-      [&](const Frame& f) {
-        for (uint32_t i : f.items) (*status)[i] = kStatusUnavailable;
-      },
-      errors);
+      mark_all(status, kStatusUnavailable), errors);
 }
 
 void Client::batch_get_into(const std::vector<std::string_view>& keys, const std::vector<void*>& bufs,
@@ -478,16 +464,9 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
   execute(
       frames,
       [&](Session& s, const Frame& f) {
-        ByteWriter m;
-        m.u32(static_cast<uint32_t>(f.items.size()));
-        for (uint32_t i : f.items) m.key(keys[i]);
-        s.send_frame(kBatchGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
         FrameHeader h;
         std::vector<uint8_t> meta;
-        recv_response(s, kBatchGet, &h, &meta);
-        if (h.status != kOk) server_error("batch_get", s.sock().peer(), h.status);
-        ByteReader r(meta.data(), meta.size());
-        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_get reply has the wrong item count");
+        ByteReader r = keys_request(s, kBatchGet, f, keys, &h, &meta);
         struct Item {
           uint16_t st;
           uint64_t size;
@@ -525,63 +504,54 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
           (*result)[i] = crc == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
         }
       },
-      [&](const Frame& f) {
-        for (uint32_t i : f.items) (*result)[i] = kItemUnavailable;
-      },
-      errors);
+      mark_all(result, kItemUnavailable), errors);
+}
+
+// Sends a batch request whose metadata is the frame's keys and returns the
+// reply's metadata, checked and positioned after its item count.
+ByteReader Client::keys_request(Session& s, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
+                                FrameHeader* h, std::vector<uint8_t>* meta) {
+  ByteWriter m;
+  m.u32(static_cast<uint32_t>(f.items.size()));
+  for (uint32_t i : f.items) m.key(keys[i]);
+  s.send_frame(op, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+  recv_response(s, op, h, meta);
+  if (h->status != kOk) server_error(op_name(op), s.sock().peer(), h->status);
+  ByteReader r(meta->data(), meta->size());
+  if (r.u32() != f.items.size())
+    fail(ErrorKind::Protocol, std::string(op_name(op)) + " reply has the wrong item count");
+  return r;
 }
 
 void Client::batch_exists(const std::vector<std::string_view>& keys, std::vector<int64_t>* result,
                           std::vector<std::string>* errors) {
   result->assign(keys.size(), kItemMissing);
-  std::vector<Frame> frames = plan(keys, nullptr);
   execute(
-      frames,
+      plan(keys, nullptr),
       [&](Session& s, const Frame& f) {
-        ByteWriter m;
-        m.u32(static_cast<uint32_t>(f.items.size()));
-        for (uint32_t i : f.items) m.key(keys[i]);
-        s.send_frame(kBatchExists, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
         FrameHeader h;
         std::vector<uint8_t> meta;
-        recv_response(s, kBatchExists, &h, &meta);
-        if (h.status != kOk) server_error("batch_exists", s.sock().peer(), h.status);
-        ByteReader r(meta.data(), meta.size());
-        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_exists reply has the wrong item count");
+        ByteReader r = keys_request(s, kBatchExists, f, keys, &h, &meta);
         for (uint32_t i : f.items) {
           uint64_t sz = r.u64();
           (*result)[i] = sz == kMissing ? kItemMissing : static_cast<int64_t>(sz);
         }
       },
-      [&](const Frame& f) {
-        for (uint32_t i : f.items) (*result)[i] = kItemUnavailable;
-      },
-      errors);
+      mark_all(result, kItemUnavailable), errors);
 }
 
 void Client::batch_remove(const std::vector<std::string_view>& keys, std::vector<int>* status,
                           std::vector<std::string>* errors) {
   status->assign(keys.size(), kOk);
-  std::vector<Frame> frames = plan(keys, nullptr);
   execute(
-      frames,
+      plan(keys, nullptr),
       [&](Session& s, const Frame& f) {
-        ByteWriter m;
-        m.u32(static_cast<uint32_t>(f.items.size()));
-        for (uint32_t i : f.items) m.key(keys[i]);
-        s.send_frame(kBatchDelete, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
         FrameHeader h;
         std::vector<uint8_t> meta;
-        recv_response(s, kBatchDelete, &h, &meta);
-        if (h.status != kOk) server_error("batch_delete", s.sock().peer(), h.status);
-        ByteReader r(meta.data(), meta.size());
-        if (r.u32() != f.items.size()) fail(ErrorKind::Protocol, "batch_delete reply has the wrong item count");
+        ByteReader r = keys_request(s, kBatchDelete, f, keys, &h, &meta);
         for (uint32_t i : f.items) (*status)[i] = r.u16();
       },
-      [&](const Frame& f) {
-        for (uint32_t i : f.items) (*status)[i] = kStatusUnavailable;
-      },
-      errors);
+      mark_all(status, kStatusUnavailable), errors);
 }
 
 }  // namespace memkv

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../common/bytes.hpp"
 #include "pool.hpp"
 #include "router.hpp"
 
@@ -114,6 +115,16 @@ class Client {
   template <class Fn>
   auto with_session(size_t server, Fn&& fn, bool retry_stale = true) -> decltype(fn(std::declval<wire::Session&>()));
   void check_key(std::string_view key) const;
+  int64_t get_common(std::string_view key, uint64_t limit, const std::function<uint8_t*(uint64_t, uint64_t)>& dest);
+  ByteReader keys_request(wire::Session& s, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
+                          wire::FrameHeader* h, std::vector<uint8_t>* meta);
+  // The `unavailable` callback of execute(): marks every item of a frame.
+  template <class T, class V>
+  static std::function<void(const Frame&)> mark_all(std::vector<T>* out, V value) {
+    return [out, value](const Frame& f) {
+      for (uint32_t i : f.items) (*out)[i] = static_cast<T>(value);
+    };
+  }
   void recv_response(wire::Session& s, uint8_t op, wire::FrameHeader* h, std::vector<uint8_t>* meta);
 
   ClientOptions opts_;
