@@ -15,7 +15,7 @@ cdef extern from "../csrc/nixl/settings.hpp" namespace "memkv::nixl":
         pass
     void settings_add_server(PluginSettings*, const string&, const string&, int)
     void settings_set_key(PluginSettings*, const unsigned char*)
-    void settings_set(PluginSettings*, int, int, int, const string&, int)
+    void settings_set(PluginSettings*, int, int, int, const string&, int, int, int)
 
 
 cdef public int memkv_nixl_configure(const unordered_map[string, string]* params, PluginSettings* out,
@@ -33,7 +33,7 @@ cdef public int memkv_nixl_configure(const unordered_map[string, string]* params
         key = s["auth_key"]
         settings_set_key(out, <const unsigned char*>PyBytes_AS_STRING(key))
         settings_set(out, s["num_connections"], s["connect_timeout_ms"], s["op_timeout_ms"],
-                     s["namespace"].encode(), s["workers"])
+                     s["namespace"].encode(), s["workers"], s["staging_size_mb"], s["staging_slot_mb"])
         return 0
     except BaseException as e:
         error[0] = str(e).encode(errors="replace")

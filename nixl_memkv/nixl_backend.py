@@ -60,4 +60,5 @@ def configure_backend(params: dict[str, str]) -> dict:
              transport == "rdma", workers)
     return {"servers": servers, "auth_key": cfg.auth_key, "num_connections": cfg.num_connections,
             "connect_timeout_ms": cfg.connect_timeout_ms, "op_timeout_ms": cfg.op_timeout_ms,
-            "namespace": cfg.namespace, "workers": workers}
+            "namespace": cfg.namespace, "workers": workers, "staging_size_mb": cfg.staging_size_mb,
+            "staging_slot_mb": cfg.staging_slot_mb}

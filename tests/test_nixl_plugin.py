@@ -379,3 +379,40 @@ def test_plugin_in_a_non_python_cpp_host(node, auth_key, licence, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "capi host: write=0 read=0 equal=yes" in out.stdout
     assert "license verified" in out.stderr and "embedded Python runtime" in out.stderr
+
+
+@pytest.mark.parametrize("blocks_n, block_size, staging, expect", [
+    (16, 2 << 20, ("3", "1"), "DONE"),     # 32 MiB through 3 x 1 MiB slots: objects split across slots, many groups
+    (5, 3 << 20 | 12345, ("8", "2"), "DONE"),  # odd sizes straddle slot boundaries
+    (2, 4 << 20, ("3", "1"), "ERR"),       # an object larger than the whole pool is refused
+])
+def test_staged_path_slicing(node, auth_key, licence, tmp_path, blocks_n, block_size, staging, expect):
+    """The VRAM_SEG path stages device memory through pinned slots. Without a
+    GPU here, MEMKV_STAGE_DRAM=1 routes DRAM transfers through the same slicing
+    and grouping code (host memcpy standing in for cudaMemcpy)."""
+    script = tmp_path / "staged.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, json
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from nixl_helpers import KvbmBlocks, memkv_agent, blocks, seq_hashes
+        import numpy as np
+        agent = memkv_agent(json.loads(sys.argv[1]))
+        host = blocks({blocks_n}, {block_size}, seed=3)
+        kv = KvbmBlocks(agent, host, seq_hashes({blocks_n}, seed=3))
+        w = kv.run("WRITE")
+        original = host.copy()
+        host[:] = 0
+        r = kv.run("READ") if w == "DONE" else "ERR"
+        print(w, r, bool(np.array_equal(host, original)))
+    """))
+    import json
+    params = backend_params([node], auth_key, licence, staging_size_mb=staging[0], staging_slot_mb=staging[1])
+    env = dict(os.environ, MEMKV_STAGE_DRAM="1")
+    out = subprocess.run([sys.executable, str(script), json.dumps(params)], capture_output=True, text=True, cwd="/",
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    w, r, same = out.stdout.split()[-3:]
+    if expect == "DONE":
+        assert (w, r, same) == ("DONE", "DONE", "True")
+    else:
+        assert w == "ERR" and "exceeds the staging pool" in out.stderr

@@ -3,9 +3,15 @@
 #include "../common/error.hpp"
 #include "../common/log.hpp"
 #include "../wire/protocol.hpp"
+#include "cuda_staging.hpp"
 #include "python_runtime.hpp"
 
 namespace memkv::nixl {
+
+MemList MemKVEngine::supported_mems() {
+  if (CudaRuntime::get()) return {kDram, kObj, kVram};
+  return {kDram, kObj};
+}
 
 Params MemKVEngine::default_params() {
   // Everything create_backend("MEMKV", {...}) accepts; empty = from the config chain.
@@ -25,7 +31,8 @@ MemKVEngine::MemKVEngine(const InitParams* params) : EngineBase(params) {
   }
   try {
     client_ = std::make_unique<Client>(settings.client);
-    executor_ = std::make_unique<Executor>(client_.get(), settings.workers);
+    executor_ = std::make_unique<Executor>(client_.get(), settings.workers, settings.staging_bytes,
+                                           settings.staging_slot_bytes);
     key_prefix_ = settings.key_prefix;
   } catch (const std::exception& e) {
     log(LogLevel::Error, std::string("MEMKV backend creation failed: ") + e.what());
@@ -46,12 +53,13 @@ std::string MemKVEngine::object_key(const BlobDesc& d) const {
 }
 
 Status MemKVEngine::registerMem(const BlobDesc& mem, const MemType& type, BackendMD*& out) {
-  if (type == kDram) {
-    out = new DramMD();
+  if (type == kDram || (type == kVram && CudaRuntime::get())) {
+    out = new LocalMD();
     return kSuccess;
   }
   if (type != kObj) {
-    log(LogLevel::Error, "MEMKV registers DRAM_SEG and OBJ_SEG memory only (got type " + std::to_string(type) + ")");
+    log(LogLevel::Error, "MEMKV registers DRAM_SEG, OBJ_SEG and (with CUDA) VRAM_SEG memory only (got type " +
+                             std::to_string(type) + ")");
     return kErrNotSupported;
   }
   std::string key = object_key(mem);

@@ -19,7 +19,7 @@ class MemKVEngine : public EngineBase {
   bool supportsRemote() const override { return false; }
   bool supportsLocal() const override { return true; }
   bool supportsNotif() const override { return false; }
-  MemList getSupportedMems() const override { return {kDram, kObj}; }
+  MemList getSupportedMems() const override { return supported_mems(); }
 
   Status registerMem(const BlobDesc& mem, const MemType& type, BackendMD*& out) override;
   Status deregisterMem(BackendMD* meta) override;
@@ -39,6 +39,8 @@ class MemKVEngine : public EngineBase {
   Status queryMem(const BlobDescList& descs, std::vector<QueryResponse>& resp) const override;
 
   static Params default_params();
+  // VRAM_SEG only where a CUDA runtime and a device are present at run time.
+  static MemList supported_mems();
 
  private:
   std::string object_key(const BlobDesc& d) const;

@@ -12,6 +12,8 @@ struct PluginSettings {
   ClientOptions client;
   std::string key_prefix;  // the `namespace` param: prepended to every object key
   int workers = 4;         // threads running posted transfers
+  uint64_t staging_bytes = 256ull << 20;  // pinned host memory for VRAM_SEG transfers
+  uint64_t staging_slot_bytes = 16ull << 20;
 };
 
 inline void settings_add_server(PluginSettings* s, const std::string& name, const std::string& host, int port) {
@@ -21,7 +23,9 @@ inline void settings_set_key(PluginSettings* s, const unsigned char* key) {
   std::memcpy(s->client.auth_key.data(), key, s->client.auth_key.size());
 }
 inline void settings_set(PluginSettings* s, int num_connections, int connect_timeout_ms, int op_timeout_ms,
-                         const std::string& key_prefix, int workers) {
+                         const std::string& key_prefix, int workers, int staging_size_mb, int staging_slot_mb) {
+  s->staging_bytes = static_cast<uint64_t>(staging_size_mb) << 20;
+  s->staging_slot_bytes = static_cast<uint64_t>(staging_slot_mb) << 20;
   s->client.num_connections = num_connections;
   s->client.connect_timeout_ms = connect_timeout_ms;
   s->client.op_timeout_ms = op_timeout_ms;

@@ -5,6 +5,7 @@
 
 #include "../common/error.hpp"
 #include "../common/log.hpp"
+#include "cuda_staging.hpp"
 
 namespace memkv::nixl {
 
@@ -14,11 +15,14 @@ Status Transfer::plan(const XferOp& op, const MetaDescList& local, const MetaDes
     *why = "unknown transfer op " + std::to_string(op);
     return kErrInvalidParam;
   }
-  if (local.type != kDram || remote.type != kObj) {
-    *why = "MEMKV moves bytes between DRAM_SEG (local) and OBJ_SEG (remote) descriptors; got local type " +
-           std::to_string(local.type) + ", remote type " + std::to_string(remote.type);
+  bool device_ok = local.type == kVram && CudaRuntime::get();
+  if ((local.type != kDram && !device_ok) || remote.type != kObj) {
+    *why = "MEMKV moves bytes between DRAM_SEG (or, with CUDA, VRAM_SEG) local descriptors and OBJ_SEG remote "
+           "ones; got local type " + std::to_string(local.type) + ", remote type " + std::to_string(remote.type);
     return kErrNotSupported;
   }
+  out->host_staged = local.type == kDram && CudaRuntime::stage_dram();
+  out->device = local.type == kVram || out->host_staged;
   if (local.size() != remote.size()) {
     *why = "local and remote descriptor lists differ in length";
     return kErrInvalidParam;
@@ -85,7 +89,8 @@ Status Transfer::plan(const XferOp& op, const MetaDescList& local, const MetaDes
   return kSuccess;
 }
 
-Executor::Executor(Client* client, int threads) : client_(client) {
+Executor::Executor(Client* client, int threads, uint64_t staging_bytes, uint64_t staging_slot_bytes)
+    : client_(client), staging_bytes_(staging_bytes), staging_slot_bytes_(staging_slot_bytes) {
   for (int i = 0; i < std::max(1, threads); ++i) threads_.emplace_back([this] { worker(); });
 }
 
@@ -143,49 +148,152 @@ std::string first_few(const std::vector<std::string>& v) {
 
 }  // namespace
 
-void Executor::run(Transfer* t) {
-  Status result = kSuccess;
+Status Executor::move(XferOp op, const std::vector<std::string>& key_list, const std::vector<SegmentList>& segments,
+                      const std::vector<uint64_t>& needed) {
   std::vector<std::string> errors;
-  try {
-    std::vector<std::string_view> keys(t->keys.begin(), t->keys.end());
-    if (t->op == kWrite) {
-      std::vector<int> st;
-      client_->batch_put_segments(keys, t->segments, &st, &errors);
-      std::vector<std::string> failed;
-      for (size_t i = 0; i < st.size(); ++i)
-        if (st[i] != 0) failed.push_back(t->keys[i]);
-      if (!failed.empty()) {
-        result = kErrBackend;
-        log(LogLevel::Error, "MEMKV WRITE failed for " + std::to_string(failed.size()) + " object(s) " +
-                                 first_few(failed) + (errors.empty() ? "" : ": " + errors.front()));
+  std::vector<std::string_view> keys(key_list.begin(), key_list.end());
+  Status result = kSuccess;
+  if (op == kWrite) {
+    std::vector<int> st;
+    client_->batch_put_segments(keys, segments, &st, &errors);
+    std::vector<std::string> failed;
+    for (size_t i = 0; i < st.size(); ++i)
+      if (st[i] != 0) failed.push_back(key_list[i]);
+    if (!failed.empty()) {
+      result = kErrBackend;
+      log(LogLevel::Error, "MEMKV WRITE failed for " + std::to_string(failed.size()) + " object(s) " +
+                               first_few(failed) + (errors.empty() ? "" : ": " + errors.front()));
+    }
+    return result;
+  }
+  std::vector<int64_t> res;
+  client_->batch_get_segments(keys, segments, &res, &errors);
+  std::vector<std::string> missing, short_objs, broken;
+  for (size_t i = 0; i < res.size(); ++i) {
+    if (res[i] == kItemMissing)
+      missing.push_back(key_list[i]);
+    else if (res[i] >= 0 && static_cast<uint64_t>(res[i]) < needed[i])
+      short_objs.push_back(key_list[i] + "' (" + std::to_string(res[i]) + " bytes, transfer reads up to " +
+                           std::to_string(needed[i]) + ")");
+    else if (res[i] < 0)
+      broken.push_back(key_list[i]);
+  }
+  if (!missing.empty()) {
+    result = kErrNotFound;
+    log(LogLevel::Error, "MEMKV READ failed: object(s) " + first_few(missing) + " not found");
+  }
+  if (!short_objs.empty()) {
+    result = kErrInvalidParam;
+    log(LogLevel::Error, "MEMKV READ failed: object(s) " + first_few(short_objs) + " too small");
+  }
+  if (!broken.empty()) {
+    result = kErrBackend;
+    log(LogLevel::Error, "MEMKV READ failed for object(s) " + first_few(broken) +
+                             (errors.empty() ? " (checksum or node error)" : ": " + errors.front()));
+  }
+  return result;
+}
+
+StagingPool* Executor::staging(CudaRuntime* cuda) {
+  std::call_once(staging_once_, [this, cuda] {
+    try {
+      staging_ = std::make_unique<StagingPool>(cuda, staging_bytes_, staging_slot_bytes_);
+    } catch (const std::exception& e) {
+      staging_error_ = e.what();
+    }
+  });
+  return staging_.get();
+}
+
+// VRAM_SEG: objects go through pinned slots, a group at a time. Device
+// segments are split at slot boundaries, so one object may span slots; the
+// host-side segment lists keep the object's offsets, so WRITE tiling and READ
+// scatter work exactly as for DRAM.
+Status Executor::move_staged(Transfer* t) {
+  CudaRuntime* cuda = t->host_staged ? CudaRuntime::host_stand_in() : CudaRuntime::get();
+  StagingPool* pool = cuda ? staging(cuda) : nullptr;
+  if (!pool) {
+    log(LogLevel::Error, "MEMKV VRAM transfer failed: " +
+                             (staging_error_.empty() ? std::string("no CUDA runtime") : staging_error_));
+    return kErrNotSupported;
+  }
+  const uint64_t slot = pool->slot_bytes();
+  const uint64_t capacity = slot * pool->slots();
+  struct Copy {
+    uint8_t* device;
+    uint8_t* host;
+    uint64_t len;
+  };
+  size_t first = 0;
+  Status result = kSuccess;
+  while (first < t->keys.size() && result == kSuccess) {
+    // Take objects while they fit in the pool.
+    size_t last = first;
+    uint64_t bytes = 0;
+    while (last < t->keys.size()) {
+      uint64_t b = 0;
+      for (const Segment& g : t->segments[last]) b += g.len;
+      if (b > capacity) {
+        log(LogLevel::Error, "MEMKV VRAM transfer: object '" + t->keys[last] + "' (" + std::to_string(b) +
+                                 " bytes) exceeds the staging pool; raise MEMKV_STAGING_SIZE_MB");
+        return kErrInvalidParam;
       }
-    } else {
-      std::vector<int64_t> res;
-      client_->batch_get_segments(keys, t->segments, &res, &errors);
-      std::vector<std::string> missing, short_objs, broken;
-      for (size_t i = 0; i < res.size(); ++i) {
-        if (res[i] == kItemMissing)
-          missing.push_back(t->keys[i]);
-        else if (res[i] >= 0 && static_cast<uint64_t>(res[i]) < t->needed[i])
-          short_objs.push_back(t->keys[i] + "' (" + std::to_string(res[i]) + " bytes, transfer reads up to " +
-                               std::to_string(t->needed[i]) + ")");
-        else if (res[i] < 0)
-          broken.push_back(t->keys[i]);
-      }
-      if (!missing.empty()) {
-        result = kErrNotFound;
-        log(LogLevel::Error, "MEMKV READ failed: object(s) " + first_few(missing) + " not found");
-      }
-      if (!short_objs.empty()) {
-        result = kErrInvalidParam;
-        log(LogLevel::Error, "MEMKV READ failed: object(s) " + first_few(short_objs) + " too small");
-      }
-      if (!broken.empty()) {
-        result = kErrBackend;
-        log(LogLevel::Error, "MEMKV READ failed for object(s) " + first_few(broken) +
-                                 (errors.empty() ? " (checksum or node error)" : ": " + errors.front()));
+      if (last > first && bytes + b > capacity) break;
+      bytes += b;
+      ++last;
+    }
+    std::vector<uint8_t*> slots = pool->acquire(static_cast<size_t>((bytes + slot - 1) / slot));
+    std::vector<std::string> keys(t->keys.begin() + first, t->keys.begin() + last);
+    std::vector<uint64_t> needed(t->needed.begin() + first, t->needed.begin() + last);
+    std::vector<SegmentList> host(keys.size());
+    std::vector<std::vector<Copy>> copies(keys.size());
+    size_t k = 0;
+    uint64_t used = 0;  // bytes used in slots[k]
+    for (size_t o = 0; o < keys.size(); ++o) {
+      for (const Segment& g : t->segments[first + o]) {
+        uint64_t done = 0;
+        while (done < g.len) {
+          if (used == slot) {
+            ++k;
+            used = 0;
+          }
+          uint64_t n = std::min(g.len - done, slot - used);
+          uint8_t* h = slots[k] + used;
+          host[o].push_back(Segment{g.offset + done, h, n});
+          copies[o].push_back(Copy{static_cast<uint8_t*>(g.ptr) + done, h, n});
+          done += n;
+          used += n;
+        }
       }
     }
+    std::string err;
+    bool copied = true;
+    if (t->op == kWrite)
+      for (auto& obj : copies)
+        for (const Copy& c : obj) copied = copied && cuda->copy(c.host, c.device, c.len, &err);
+    if (!copied) {
+      log(LogLevel::Error, "MEMKV VRAM WRITE failed: " + err);
+      result = kErrBackend;
+    } else {
+      result = move(t->op, keys, host, needed);
+      if (t->op == kRead && result == kSuccess)
+        for (auto& obj : copies)
+          for (const Copy& c : obj)
+            if (!cuda->copy(c.device, c.host, c.len, &err)) {
+              log(LogLevel::Error, "MEMKV VRAM READ failed: " + err);
+              result = kErrBackend;
+            }
+    }
+    pool->release(slots);
+    first = last;
+  }
+  return result;
+}
+
+void Executor::run(Transfer* t) {
+  Status result;
+  try {
+    result = t->device ? move_staged(t) : move(t->op, t->keys, t->segments, t->needed);
   } catch (const std::exception& e) {
     result = kErrBackend;
     log(LogLevel::Error, std::string("MEMKV transfer failed: ") + e.what());

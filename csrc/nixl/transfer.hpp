@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -25,14 +26,17 @@ class ObjectMD : public BackendMD {
   const uint64_t len;  // registered length (2^64-1 for "unbounded")
 };
 
-class DramMD : public BackendMD {
+// DRAM_SEG and VRAM_SEG registrations need no state of ours.
+class LocalMD : public BackendMD {
  public:
-  DramMD() : BackendMD(true) {}
+  LocalMD() : BackendMD(true) {}
 };
 
 class Transfer : public RequestHandle {
  public:
   XferOp op = kRead;
+  bool device = false;                // local descriptors are VRAM_SEG: staged through pinned memory
+  bool host_staged = false;           // DRAM staged the same way (MEMKV_STAGE_DRAM=1, tests)
   std::vector<std::string> keys;
   std::vector<SegmentList> segments;  // per key, sorted by object offset
   std::vector<uint64_t> needed;       // READ: the object must hold at least this many bytes
@@ -47,9 +51,12 @@ class Transfer : public RequestHandle {
   bool running = false;  // guarded by mu
 };
 
+class StagingPool;
+class CudaRuntime;
+
 class Executor {
  public:
-  Executor(Client* client, int threads);
+  Executor(Client* client, int threads, uint64_t staging_bytes, uint64_t staging_slot_bytes);
   ~Executor();
   // Starts t (status IN_PROG); false if it is still running.
   bool submit(Transfer* t);
@@ -58,9 +65,18 @@ class Executor {
 
  private:
   void run(Transfer* t);
+  // One batch of whole objects through the client; the transfer's status.
+  Status move(XferOp op, const std::vector<std::string>& keys, const std::vector<SegmentList>& segments,
+              const std::vector<uint64_t>& needed);
+  Status move_staged(Transfer* t);
+  StagingPool* staging(CudaRuntime* cuda);
   void worker();
 
   Client* client_;
+  uint64_t staging_bytes_, staging_slot_bytes_;
+  std::once_flag staging_once_;
+  std::unique_ptr<StagingPool> staging_;
+  std::string staging_error_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Transfer*> queue_;
