@@ -81,7 +81,14 @@ cdef extern from "client_glue.hpp" namespace "memkv::py":
         int recv_status() except +raise_py_error nogil
 
 
-install_log_sink(logging.getLogger("memkv.native").getEffectiveLevel())
+def install_native_logging():
+    """Routes native log lines to the `memkv.native` logger at its current
+    level (call again after configuring logging: lines below it are never
+    formatted natively)."""
+    install_log_sink(logging.getLogger("memkv.native").getEffectiveLevel())
+
+
+install_native_logging()
 
 ITEM_MISSING = kItemMissing
 ITEM_CHECKSUM = kItemChecksum

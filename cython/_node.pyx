@@ -81,7 +81,14 @@ cdef extern from "../csrc/wire/protocol.hpp" namespace "memkv::wire":
     const char* op_name(uint8_t op)
 
 
-install_log_sink(logging.getLogger("memkv.native").getEffectiveLevel())
+def install_native_logging():
+    """Routes native log lines to the `memkv.native` logger at its current
+    level (call again after configuring logging: lines below it are never
+    formatted natively)."""
+    install_log_sink(logging.getLogger("memkv.native").getEffectiveLevel())
+
+
+install_native_logging()
 
 _FSYNC = {"always": FsyncMode.Always, "interval": FsyncMode.Interval, "never": FsyncMode.Never}
 

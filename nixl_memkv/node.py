@@ -14,7 +14,7 @@ import time
 import uuid
 
 from . import __version__
-from ._node import NativeNode
+from ._node import NativeNode, install_native_logging
 from .config import NodeConfig, format_size, resolve_disk_capacity
 from .errors import ConfigError
 
@@ -71,6 +71,7 @@ class MemKVNode:
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def start(self) -> "MemKVNode":
+        install_native_logging()
         self._native.start()
         self.started_at = time.time()
         if self._admin_enabled:

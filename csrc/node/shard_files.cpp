@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "../common/bytes.hpp"
 #include "../common/crc32c.hpp"
 #include "../common/error.hpp"
 #include "../common/log.hpp"
@@ -107,7 +108,7 @@ std::atomic<uint64_t> g_tmp_counter{0};
 
 }  // namespace
 
-ShardFiles::ShardFiles(const std::string& data_dir) : root_(data_dir + "/shards"), dirty_dirs_(256, false) {
+ShardFiles::ShardFiles(const std::string& data_dir) : root_(data_dir + "/shards") {
   ::mkdir(data_dir.c_str(), 0755);
   if (::mkdir(root_.c_str(), 0755) != 0 && errno != EEXIST)
     fail(ErrorKind::Config, "cannot create " + root_ + ": " + std::strerror(errno) + " (check --data-dir permissions)");
@@ -140,33 +141,19 @@ std::string ShardFiles::path_for(const std::string& key, std::string* shard_dir)
   return dir + "/" + hex(md, 16);
 }
 
-int ShardFiles::open_write(const std::string& path) {
-  int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0);
-  int fd = ::open(path.c_str(), flags, 0644);
-  if (fd < 0) fail(ErrorKind::Internal, "cannot create " + path + ": " + std::strerror(errno));
-  return fd;
-}
-
-void ShardFiles::write(const std::string& key, const Value& v, uint32_t crc, uint64_t written_ns, bool sync,
-                       std::vector<int>* unsynced) {
+void ShardFiles::write(const std::string& key, const Value& v, uint32_t crc, uint64_t written_ns, bool sync) {
   std::string dir;
   std::string final_path = path_for(key, &dir);
   std::string tmp = dir + "/.tmp-" + final_path.substr(dir.size() + 1) + "-" + std::to_string(++g_tmp_counter);
   AlignedBuf header(kPage);
   encode_header(header.p, key, v.size, crc, written_ns);
-  int fd = open_write(tmp);
+  const bool direct = direct_io_ && v.size >= kDirectFrom && v.page_aligned;
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0), 0644);
+  if (fd < 0) fail(ErrorKind::Internal, "cannot create " + tmp + ": " + std::strerror(errno));
   try {
     pwrite_all(fd, header.p, kPage, 0, tmp);
-    uint64_t padded = round_up_page(v.size);
-    if (padded) {
-      if (v.page_aligned) {
-        pwrite_all(fd, v.data, padded, static_cast<off_t>(kPage), tmp);
-      } else {
-        AlignedBuf bounce(padded);
-        std::memcpy(bounce.p, v.data, v.size);
-        pwrite_all(fd, bounce.p, padded, static_cast<off_t>(kPage), tmp);
-      }
-    }
+    // O_DIRECT writes whole pages (the padding was zeroed when the value was allocated).
+    if (v.size) pwrite_all(fd, v.data, direct ? round_up_page(v.size) : v.size, static_cast<off_t>(kPage), tmp);
     if (sync && ::fdatasync(fd) != 0) fail(ErrorKind::Internal, "fdatasync " + tmp + ": " + std::strerror(errno));
     if (::rename(tmp.c_str(), final_path.c_str()) != 0)
       fail(ErrorKind::Internal, "rename " + tmp + ": " + std::strerror(errno));
@@ -175,70 +162,52 @@ void ShardFiles::write(const std::string& key, const Value& v, uint32_t crc, uin
     ::unlink(tmp.c_str());
     throw;
   }
-  int shard = std::stoi(dir.substr(dir.size() - 2), nullptr, 16);
+  ::close(fd);
   if (sync) {
     int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
       ::fsync(dfd);
       ::close(dfd);
     }
-    ::close(fd);
-  } else if (unsynced) {
-    dirty_dirs_[static_cast<size_t>(shard)] = true;
-    unsynced->push_back(fd);
   } else {
-    ::close(fd);
+    unsynced_ = true;
   }
 }
 
-void ShardFiles::sync_and_close(std::vector<int>* fds) {
-  for (int fd : *fds) {
-    ::fdatasync(fd);
-    ::close(fd);
-  }
-  fds->clear();
-  for (int i = 0; i < 256; ++i) {
-    if (!dirty_dirs_[static_cast<size_t>(i)]) continue;
-    dirty_dirs_[static_cast<size_t>(i)] = false;
-    char name[4];
-    std::snprintf(name, sizeof(name), "%02x", i);
-    std::string d = root_ + "/" + name;
-    int dfd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-  }
+void ShardFiles::sync_all() {
+  if (!unsynced_) return;
+  unsynced_ = false;
+  int fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::syncfs(fd);  // data and directory entries of every record written since the last call
+  ::close(fd);
 }
 
 ValuePtr ShardFiles::read(const std::string& key, bool* corrupt, uint32_t* crc_out) {
   *corrupt = false;
   std::string path = path_for(key, nullptr);
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0));
-  if (fd < 0) return nullptr;
-  struct Closer {
+  struct Fd {
     int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) return nullptr;
   AlignedBuf header(kPage);
   RecordInfo info;
   struct stat st {};
-  if (!pread_all(fd, header.p, kPage, 0) || !decode_header(header.p, &info) || info.key != key ||
-      ::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < info.file_bytes) {
+  if (!pread_all(file.fd, header.p, kPage, 0) || !decode_header(header.p, &info) || info.key != key ||
+      ::fstat(file.fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < info.file_bytes) {
     *corrupt = true;
     return nullptr;
   }
   ValuePtr v = Value::make(info.size);
-  uint64_t padded = round_up_page(info.size);
   bool ok = true;
-  if (padded) {
-    if (v->page_aligned || !direct_io_) {
-      ok = pread_all(fd, v->data, v->page_aligned ? padded : info.size, static_cast<off_t>(kPage));
-    } else {
-      AlignedBuf bounce(padded);
-      ok = pread_all(fd, bounce.p, padded, static_cast<off_t>(kPage));
-      if (ok) std::memcpy(v->data, bounce.p, info.size);
-    }
+  if (direct_io_ && info.size >= kDirectFrom && v->page_aligned) {
+    Fd direct{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT)};
+    ok = direct.fd >= 0 && pread_all(direct.fd, v->data, round_up_page(info.size), static_cast<off_t>(kPage));
+  } else if (info.size) {
+    ok = pread_all(file.fd, v->data, info.size, static_cast<off_t>(kPage));
   }
   if (!ok || crc32c(0, v->data, info.size) != info.crc) {
     *corrupt = true;
@@ -284,6 +253,88 @@ size_t ShardFiles::scan(const std::function<void(RecordInfo&&)>& found) {
     ::closedir(dir);
   }
   return skipped;
+}
+
+}  // namespace memkv
+
+namespace memkv {
+namespace {
+constexpr char kIndexMagic[8] = {'M', 'K', 'V', 'I', 'D', 'X', '0', '1'};
+
+void fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+}  // namespace
+
+void ShardFiles::save_index(const std::vector<RecordInfo>& records) {
+  ByteWriter out;
+  out.bytes(kIndexMagic, 8);
+  out.u64(records.size());
+  for (const RecordInfo& r : records) {
+    out.key(r.key);
+    out.u64(r.size);
+    out.u32(r.crc);
+    out.u64(r.written_ns);
+  }
+  out.u32(crc32c(0, out.data().data(), out.size()));
+  std::string path = root_ + "/index.snapshot", tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return;  // the next start scans the records instead
+  bool ok = true;
+  try {
+    pwrite_all(fd, out.data().data(), out.size(), 0, tmp);
+  } catch (const Error&) {
+    ok = false;
+  }
+  ok = ok && ::fdatasync(fd) == 0;
+  ::close(fd);
+  if (ok && ::rename(tmp.c_str(), path.c_str()) == 0)
+    fsync_dir(root_);
+  else
+    ::unlink(tmp.c_str());
+}
+
+bool ShardFiles::load_index(std::vector<RecordInfo>* records) {
+  std::string path = root_ + "/index.snapshot";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  std::vector<uint8_t> in;
+  if (::fstat(fd, &st) == 0 && st.st_size >= 20) {
+    in.resize(static_cast<size_t>(st.st_size));
+    if (!pread_all(fd, in.data(), in.size(), 0)) in.clear();
+  }
+  ::close(fd);
+  // Gone before it is used: a crash from here on leaves no stale snapshot.
+  ::unlink(path.c_str());
+  fsync_dir(root_);
+  if (in.size() < 20 || std::memcmp(in.data(), kIndexMagic, 8) != 0) return false;
+  uint32_t want;
+  std::memcpy(&want, in.data() + in.size() - 4, 4);
+  if (crc32c(0, in.data(), in.size() - 4) != want) return false;
+  try {
+    ByteReader r(in.data() + 8, in.size() - 12);
+    uint64_t n = r.u64();
+    records->clear();
+    for (uint64_t i = 0; i < n; ++i) {
+      RecordInfo rec;
+      rec.key = std::string(r.key());
+      rec.size = r.u64();
+      rec.crc = r.u32();
+      rec.written_ns = r.u64();
+      rec.file_bytes = file_bytes(rec.size);
+      if (rec.key.empty() || rec.key.size() > wire::kMaxKeyLen) return false;
+      records->push_back(std::move(rec));
+    }
+    r.expect_end();
+  } catch (const Error&) {
+    return false;
+  }
+  return true;
 }
 
 }  // namespace memkv

@@ -30,13 +30,18 @@ class ShardFiles {
   explicit ShardFiles(const std::string& data_dir);
   ~ShardFiles();
 
-  static uint64_t file_bytes(uint64_t value_size) { return kPage + round_up_page(value_size); }
+  // Values from 1 MiB go through O_DIRECT (padded to whole pages, no page
+  // cache); smaller ones use buffered I/O, where a device round trip per
+  // record would dominate.
+  static constexpr uint64_t kDirectFrom = 1ull << 20;
+  static uint64_t file_bytes(uint64_t value_size) {
+    return kPage + (value_size >= kDirectFrom ? round_up_page(value_size) : value_size);
+  }
 
   // Writes the record and renames it into place. With `sync`, data and the
-  // directory entry are on stable storage when this returns; otherwise the
-  // open fd is appended to `unsynced` for a later batch sync.
-  void write(const std::string& key, const Value& v, uint32_t crc, uint64_t written_ns, bool sync,
-             std::vector<int>* unsynced);
+  // directory entry are on stable storage when this returns; otherwise a
+  // later sync_all() makes them so.
+  void write(const std::string& key, const Value& v, uint32_t crc, uint64_t written_ns, bool sync);
   // Reads and verifies a record. Returns nullptr when absent; sets *corrupt
   // when present but failing any check (the caller drops it).
   ValuePtr read(const std::string& key, bool* corrupt, uint32_t* crc_out);
@@ -44,17 +49,22 @@ class ShardFiles {
   // Calls `found` for every valid record header; removes leftovers of
   // interrupted writes. Returns the number of unreadable records skipped.
   size_t scan(const std::function<void(RecordInfo&&)>& found);
-  // fdatasync + close for fds collected by write(), then sync the shard dirs.
-  void sync_and_close(std::vector<int>* fds);
+  // Makes every write since the last call durable (one syncfs for all).
+  void sync_all();
   bool direct_io() const { return direct_io_; }
+
+  // The index snapshot written at a clean shutdown, so the next start need
+  // not open every record. Loading it deletes it first: after a crash the
+  // node always rebuilds from the records themselves.
+  void save_index(const std::vector<RecordInfo>& records);
+  bool load_index(std::vector<RecordInfo>* records);
 
  private:
   std::string path_for(const std::string& key, std::string* shard_dir) const;
-  int open_write(const std::string& path);
 
   std::string root_;
   bool direct_io_ = true;
-  std::vector<bool> dirty_dirs_;
+  bool unsynced_ = false;
 };
 
 }  // namespace memkv

@@ -68,9 +68,16 @@ void Store::open() {
   if (cfg_.disk_capacity) {
     files_ = std::make_unique<ShardFiles>(cfg_.data_dir);
     std::vector<RecordInfo> records;
-    size_t skipped = files_->scan([&](RecordInfo&& r) { records.push_back(std::move(r)); });
-    std::sort(records.begin(), records.end(),
-              [](const RecordInfo& a, const RecordInfo& b) { return a.written_ns < b.written_ns; });
+    size_t skipped = 0;
+    if (files_->load_index(&records)) {
+      log(LogLevel::Info, "index snapshot from the last clean shutdown: " + std::to_string(records.size()) +
+                              " records");
+    } else {
+      records.clear();
+      skipped = files_->scan([&](RecordInfo&& r) { records.push_back(std::move(r)); });
+      std::sort(records.begin(), records.end(),
+                [](const RecordInfo& a, const RecordInfo& b) { return a.written_ns < b.written_ns; });
+    }
     std::lock_guard<std::mutex> lk(mu_);
     for (RecordInfo& r : records) {
       auto e = std::make_unique<Entry>();
@@ -112,6 +119,21 @@ void Store::close() {
   space_cv_.notify_all();
   durable_cv_.notify_all();
   if (flusher_.joinable()) flusher_.join();
+  if (!files_) return;
+  // Every record is written and synced: describe them for a fast restart,
+  // least recently used first, so the disk LRU comes back in order.
+  std::vector<RecordInfo> records;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    records.reserve(disk_.size());
+    for (auto it = disk_lru_.rbegin(); it != disk_lru_.rend(); ++it) {
+      auto e = index_.find(*it);
+      if (e == index_.end() || !e->second->on_disk) continue;
+      const Entry& en = *e->second;
+      records.push_back(RecordInfo{en.key, en.size, en.crc, en.written_ns, ShardFiles::file_bytes(en.size)});
+    }
+  }
+  files_->save_index(records);
 }
 
 void Store::release_dram(uint64_t bytes) {
@@ -349,14 +371,14 @@ void Store::flusher_main() {
     struct sched_param sp {};
     if (pthread_setschedparam(pthread_self(), idle ? SCHED_IDLE : SCHED_OTHER, &sp) == 0) idle_now = idle;
   };
-  std::vector<int> unsynced;
+  bool unsynced = false;
   uint64_t last_sync = mono_ms();
   const bool interval = cfg_.fsync == FsyncMode::Interval;
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
     if (flush_queue_.empty()) {
       if (stopping_) break;
-      int wait_ms = interval && !unsynced.empty() ? std::max(1, cfg_.fsync_interval_ms) : 1000;
+      int wait_ms = interval && unsynced ? std::max(1, cfg_.fsync_interval_ms) : 1000;
       flush_cv_.wait_for(lk, std::chrono::milliseconds(wait_ms));
     }
     uint64_t now = mono_ms();
@@ -364,24 +386,27 @@ void Store::flusher_main() {
              (flush_queue_.empty() ||
               now - flush_queue_.front().queued_ms < static_cast<uint64_t>(cfg_.fsync_interval_ms) / 2));
     expire_parts_locked(now);
-    if (files_ && !unsynced.empty() && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
-                              unsynced.size() >= 256 || (stopping_ && flush_queue_.empty()))) {
+    if (files_ && unsynced && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
+                               (stopping_ && flush_queue_.empty()))) {
       lk.unlock();
-      files_->sync_and_close(&unsynced);
+      files_->sync_all();
       lk.lock();
+      unsynced = false;
       last_sync = mono_ms();
     }
     if (flush_queue_.empty()) continue;
     FlushTask t = std::move(flush_queue_.front());
     flush_queue_.pop_front();
-    flush_one(t, interval ? &unsynced : nullptr);
+    flush_one(t);
+    unsynced = unsynced || (t.write && interval);
   }
   lk.unlock();
-  if (files_) files_->sync_and_close(&unsynced);
+  // A clean stop leaves every record durable, whatever the fsync mode.
+  if (files_) files_->sync_all();
 }
 
 // Called with mu_ held (through the flusher's lock); drops it around I/O.
-void Store::flush_one(const FlushTask& t, std::vector<int>* unsynced) {
+void Store::flush_one(const FlushTask& t) {
   std::unique_lock<std::mutex> lk(mu_, std::adopt_lock);
   struct Release {  // hand the lock back to the caller's unique_lock
     std::unique_lock<std::mutex>& l;
@@ -440,7 +465,7 @@ void Store::flush_one(const FlushTask& t, std::vector<int>* unsynced) {
   for (const std::string& k : victims) files_->remove(k);
   bool ok = true;
   try {
-    files_->write(t.key, *v, crc, written_ns, cfg_.fsync == FsyncMode::Always, unsynced);
+    files_->write(t.key, *v, crc, written_ns, cfg_.fsync == FsyncMode::Always);
   } catch (const std::exception& ex) {
     ok = false;
     log(LogLevel::Error, std::string("shard write failed; the value stays in DRAM only: ") + ex.what());

@@ -166,7 +166,7 @@ class Store {
   void disk_touch_locked(const std::string& key);
   void publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uint64_t charged, uint64_t* version);
   void flusher_main();
-  void flush_one(const FlushTask& t, std::vector<int>* unsynced);
+  void flush_one(const FlushTask& t);
   void expire_parts_locked(uint64_t now_ms);
 
   StoreConfig cfg_;
