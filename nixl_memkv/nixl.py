@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import uuid
 
 from .errors import ConfigError
 
@@ -52,9 +53,19 @@ def nixl_default_plugin_dir() -> str | None:
 def _link(src: str, link: str) -> None:
     if os.path.islink(link) and os.readlink(link) == src:
         return
-    tmp = f"{link}.{os.getpid()}.tmp"
+    tmp = f"{link}.{uuid.uuid4().hex}.tmp"
     os.symlink(src, tmp)
     os.replace(tmp, link)  # atomic, so concurrent processes agree
+
+
+def _private_dir(path: str) -> str:
+    """Creates `path` (mode 0700) or checks that an existing one is ours and
+    not writable by others: NIXL will load whatever .so files it holds."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if os.path.islink(path) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ConfigError(f"{path} is not a private directory of this user; remove it or set XDG_CACHE_HOME")
+    return path
 
 
 def merged_plugin_dir(nixl_dir: str | None = None, cache_root: str | None = None) -> str:
@@ -72,12 +83,16 @@ def merged_plugin_dir(nixl_dir: str | None = None, cache_root: str | None = None
     tag = hashlib.sha256(f"{nixl_dir}|{ours}".encode()).hexdigest()[:12]
     root = cache_root or os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     try:
-        os.makedirs(os.path.join(root, "memkv"), exist_ok=True)
+        memkv_dir = _private_dir(os.path.join(root, "memkv"))
     except OSError:
-        root = tempfile.gettempdir()
-    base = os.path.join(root, "memkv", f"nixl-plugins-{tag}")
+        memkv_dir = _private_dir(os.path.join(tempfile.gettempdir(), f"memkv-{os.getuid()}"))
+    base = os.path.join(memkv_dir, f"nixl-plugins-{tag}")
     target = os.path.join(base, "libs", "plugins")
-    os.makedirs(target, exist_ok=True)
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    for old in os.listdir(target):  # plugins a NIXL upgrade removed
+        p = os.path.join(target, old)
+        if os.path.islink(p) and not os.path.exists(p):
+            os.unlink(p)
     for lib in glob.glob(os.path.join(libs_dir, "*.so*")):
         _link(lib, os.path.join(base, "libs", os.path.basename(lib)))
     for sibling in glob.glob(os.path.join(os.path.dirname(libs_dir), "nixl_cu1*.libs")):
@@ -101,7 +116,5 @@ def install_into_nixl(nixl_dir: str | None = None) -> str:
     if nixl_dir is None:
         raise ConfigError("NIXL's plugin directory was not found: pip install nixl-cu12, or pass --nixl-dir")
     link = os.path.join(nixl_dir, PLUGIN_FILE)
-    tmp = f"{link}.{os.getpid()}.tmp"
-    os.symlink(plugin_path(), tmp)
-    os.replace(tmp, link)
+    _link(plugin_path(), link)
     return link

@@ -416,3 +416,24 @@ def test_staged_path_slicing(node, auth_key, licence, tmp_path, blocks_n, block_
         assert (w, r, same) == ("DONE", "DONE", "True")
     else:
         assert w == "ERR" and "exceeds the staging pool" in out.stderr
+
+
+def test_staged_transfer_errors_return_their_slots(node, licence, tmp_path):
+    """A staged transfer that fails (here: a wrong auth key) must give its
+    pinned slots back; otherwise the next one would wait forever."""
+    script = tmp_path / "staged_err.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, json
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from nixl_helpers import KvbmBlocks, memkv_agent, blocks, seq_hashes
+        agent = memkv_agent(json.loads(sys.argv[1]))
+        kv = KvbmBlocks(agent, blocks(2, 1 << 20), seq_hashes(2))
+        print(kv.run("WRITE"), kv.run("WRITE"), kv.run("READ"))
+    """))
+    import json
+    from nixl_memkv.auth import generate_auth_key
+    params = backend_params([node], generate_auth_key(), licence, staging_size_mb="2", staging_slot_mb="1")
+    out = subprocess.run([sys.executable, str(script), json.dumps(params)], capture_output=True, text=True, cwd="/",
+                         env=dict(os.environ, MEMKV_STAGE_DRAM="1"), timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-3:] == ["ERR", "ERR", "ERR"]

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "../common/bytes.hpp"
@@ -375,8 +376,16 @@ void Client::execute(const std::vector<Frame>& frames, const std::function<void(
       if (!first_error) first_error = std::current_exception();
     }
   };
-  for (size_t w = 1; w < workers.size(); ++w) threads.emplace_back(guarded, workers[w].first);
+  std::vector<ServerJob*> inline_jobs;
+  for (size_t w = 1; w < workers.size(); ++w) {
+    try {
+      threads.emplace_back(guarded, workers[w].first);
+    } catch (const std::system_error&) {  // out of threads: this worker's share runs here instead
+      inline_jobs.push_back(workers[w].first);
+    }
+  }
   if (!workers.empty()) guarded(workers[0].first);
+  for (ServerJob* j : inline_jobs) guarded(j);
   for (auto& t : threads) t.join();
   if (first_error) std::rethrow_exception(first_error);
   for (auto& j : jobs)

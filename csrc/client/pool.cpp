@@ -17,8 +17,10 @@ ServerPool::Lease ServerPool::acquire() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(op_timeout_ms_);
   while (idle_.empty() && in_use_ >= size_) {
     if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && idle_.empty() && in_use_ >= size_)
-      fail(ErrorKind::Connection, "no free connection to " + addr_.name + " within " +
-                                      std::to_string(op_timeout_ms_) + " ms (raise MEMKV_NUM_CONNECTIONS)");
+      // The node is fine, just busy with our own other requests: not a
+      // connection failure (that would mark it unavailable).
+      fail(ErrorKind::Server, "no free connection to " + addr_.name + " within " + std::to_string(op_timeout_ms_) +
+                                  " ms: every pooled connection stayed busy (raise MEMKV_NUM_CONNECTIONS)");
   }
   ++in_use_;
   if (!idle_.empty()) {

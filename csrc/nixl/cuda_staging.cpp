@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 
@@ -30,6 +31,7 @@ struct CudaLoader {
     rt->host_alloc_ = reinterpret_cast<CudaRuntime::HostAlloc>(dlsym(lib, "cudaHostAlloc"));
     rt->free_host_ = reinterpret_cast<CudaRuntime::FreeHost>(dlsym(lib, "cudaFreeHost"));
     rt->error_string_ = reinterpret_cast<CudaRuntime::ErrorString>(dlsym(lib, "cudaGetErrorString"));
+    rt->set_device_ = reinterpret_cast<CudaRuntime::SetDevice>(dlsym(lib, "cudaSetDevice"));
     int devices = 0;
     if (!count || !rt->memcpy_ || !rt->host_alloc_ || !rt->free_host_ || count(&devices) != 0 || devices == 0) {
       delete rt;
@@ -42,8 +44,31 @@ struct CudaLoader {
 };
 
 CudaRuntime* CudaRuntime::get() {
-  static CudaRuntime* rt = CudaLoader::load();  // kept for the process: the runtime is never unloaded
+  // A found runtime is kept for the process; a miss is probed again next
+  // time (torch may load libcudart later).
+  static std::mutex mu;
+  static CudaRuntime* rt = nullptr;
+  std::lock_guard<std::mutex> lk(mu);
+  if (!rt) rt = CudaLoader::load();
   return rt;
+}
+
+bool CudaRuntime::loaded() {
+  for (const char* name : {"libcudart.so.12", "libcudart.so.13", "libcudart.so"})
+    if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
+      dlclose(h);
+      return true;
+    }
+  return false;
+}
+
+bool CudaRuntime::set_device(int device, std::string* error) {
+  if (!set_device_) return true;
+  int rc = set_device_(device);
+  if (rc == 0) return true;
+  *error = "cudaSetDevice(" + std::to_string(device) + ") failed: " +
+           (error_string_ ? error_string_(rc) : std::to_string(rc));
+  return false;
 }
 
 namespace {

@@ -22,6 +22,10 @@ class CudaRuntime {
   // logic is exercised on machines without a GPU (tests only).
   static CudaRuntime* host_stand_in();
   static bool stage_dram();
+  // True when libcudart is already loaded in this process (e.g. by torch),
+  // without initialising CUDA: what the plugin advertises before a backend exists.
+  static bool loaded();
+  bool set_device(int device, std::string* error);
   // Synchronous copy between any host/device pointers (unified addressing).
   bool copy(void* dst, const void* src, size_t n, std::string* error);
   void* alloc_pinned(size_t n);
@@ -34,6 +38,8 @@ class CudaRuntime {
   using HostAlloc = int (*)(void**, size_t, unsigned);
   using FreeHost = int (*)(void*);
   using ErrorString = const char* (*)(int);
+  using SetDevice = int (*)(int);
+  SetDevice set_device_ = nullptr;
   Memcpy memcpy_ = nullptr;
   HostAlloc host_alloc_ = nullptr;
   FreeHost free_host_ = nullptr;

@@ -13,6 +13,13 @@ MemList MemKVEngine::supported_mems() {
   return {kDram, kObj};
 }
 
+MemList MemKVEngine::advertised_mems() {
+  // Before any backend exists, do not initialise CUDA (a later fork() would
+  // break it): VRAM_SEG is advertised when the host already loaded libcudart.
+  if (CudaRuntime::loaded()) return {kDram, kObj, kVram};
+  return {kDram, kObj};
+}
+
 Params MemKVEngine::default_params() {
   // Everything create_backend("MEMKV", {...}) accepts; empty = from the config chain.
   return {{"servers", ""},           {"auth_key", ""},         {"transport", ""},       {"rdma_devices", ""},

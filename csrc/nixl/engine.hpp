@@ -41,6 +41,7 @@ class MemKVEngine : public EngineBase {
   static Params default_params();
   // VRAM_SEG only where a CUDA runtime and a device are present at run time.
   static MemList supported_mems();
+  static MemList advertised_mems();
 
  private:
   std::string object_key(const BlobDesc& d) const;

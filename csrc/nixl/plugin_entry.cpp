@@ -21,7 +21,7 @@ void destroy_engine(EngineBase* engine) { delete engine; }
 const char* plugin_name() { return "MEMKV"; }
 const char* plugin_version() { return MEMKV_VERSION; }
 Params backend_options() { return MemKVEngine::default_params(); }
-MemList backend_mems() { return MemKVEngine::supported_mems(); }
+MemList backend_mems() { return MemKVEngine::advertised_mems(); }
 
 PluginRecord g_record{kPluginApiVersion, create_engine, destroy_engine, plugin_name,
                       plugin_version,    backend_options, backend_mems};

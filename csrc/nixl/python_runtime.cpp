@@ -2,6 +2,8 @@
 
 #include <Python.h>
 #include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
 
 #include <mutex>
 
@@ -22,7 +24,10 @@ bool g_bridge_ready = false;  // guarded by the GIL
 std::string plugin_dir() {
   Dl_info info{};
   if (dladdr(reinterpret_cast<void*>(&configure_with_python), &info) && info.dli_fname) {
-    std::string p = info.dli_fname;
+    // NIXL usually opens us through a symlink (merged plugin dir, bind mount):
+    // resolve it to the installed file.
+    char real[PATH_MAX];
+    std::string p = realpath(info.dli_fname, real) ? real : info.dli_fname;
     return p.substr(0, p.rfind('/'));
   }
   return {};

@@ -22,6 +22,14 @@ Status Transfer::plan(const XferOp& op, const MetaDescList& local, const MetaDes
     return kErrNotSupported;
   }
   out->host_staged = local.type == kDram && CudaRuntime::stage_dram();
+  out->gpu = local.size() ? static_cast<int>(local[0].dev_id) : 0;
+  if (local.type == kVram)
+    for (size_t i = 1; i < local.size(); ++i)
+      if (static_cast<int>(local[i].dev_id) != out->gpu) {
+        *why = "one VRAM transfer must use buffers of a single GPU (descriptors name GPUs " +
+               std::to_string(out->gpu) + " and " + std::to_string(local[i].dev_id) + ")";
+        return kErrInvalidParam;
+      }
   out->device = local.type == kVram || out->host_staged;
   if (local.size() != remote.size()) {
     *why = "local and remote descriptor lists differ in length";
@@ -91,7 +99,17 @@ Status Transfer::plan(const XferOp& op, const MetaDescList& local, const MetaDes
 
 Executor::Executor(Client* client, int threads, uint64_t staging_bytes, uint64_t staging_slot_bytes)
     : client_(client), staging_bytes_(staging_bytes), staging_slot_bytes_(staging_slot_bytes) {
-  for (int i = 0; i < std::max(1, threads); ++i) threads_.emplace_back([this] { worker(); });
+  try {
+    for (int i = 0; i < std::max(1, threads); ++i) threads_.emplace_back([this] { worker(); });
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();  // never leave a joinable thread behind (std::terminate)
+    throw;
+  }
 }
 
 Executor::~Executor() {
@@ -194,14 +212,17 @@ Status Executor::move(XferOp op, const std::vector<std::string>& key_list, const
   return result;
 }
 
-StagingPool* Executor::staging(CudaRuntime* cuda) {
-  std::call_once(staging_once_, [this, cuda] {
+StagingPool* Executor::staging(CudaRuntime* cuda, std::string* error) {
+  // Created on first use (pinning memory nobody needs is waste); a failure,
+  // say a low memlock limit, is retried on the next VRAM transfer.
+  std::lock_guard<std::mutex> lk(staging_mu_);
+  if (!staging_) {
     try {
       staging_ = std::make_unique<StagingPool>(cuda, staging_bytes_, staging_slot_bytes_);
     } catch (const std::exception& e) {
-      staging_error_ = e.what();
+      *error = e.what();
     }
-  });
+  }
   return staging_.get();
 }
 
@@ -211,11 +232,15 @@ StagingPool* Executor::staging(CudaRuntime* cuda) {
 // scatter work exactly as for DRAM.
 Status Executor::move_staged(Transfer* t) {
   CudaRuntime* cuda = t->host_staged ? CudaRuntime::host_stand_in() : CudaRuntime::get();
-  StagingPool* pool = cuda ? staging(cuda) : nullptr;
+  std::string why = "no CUDA runtime";
+  StagingPool* pool = cuda ? staging(cuda, &why) : nullptr;
   if (!pool) {
-    log(LogLevel::Error, "MEMKV VRAM transfer failed: " +
-                             (staging_error_.empty() ? std::string("no CUDA runtime") : staging_error_));
+    log(LogLevel::Error, "MEMKV VRAM transfer failed: " + why);
     return kErrNotSupported;
+  }
+  if (!t->host_staged && !cuda->set_device(t->gpu, &why)) {
+    log(LogLevel::Error, "MEMKV VRAM transfer failed: " + why);
+    return kErrBackend;
   }
   const uint64_t slot = pool->slot_bytes();
   const uint64_t capacity = slot * pool->slots();
@@ -242,7 +267,12 @@ Status Executor::move_staged(Transfer* t) {
       bytes += b;
       ++last;
     }
-    std::vector<uint8_t*> slots = pool->acquire(static_cast<size_t>((bytes + slot - 1) / slot));
+    struct Slots {  // returned to the pool however this group ends
+      StagingPool* pool;
+      std::vector<uint8_t*> v;
+      ~Slots() { pool->release(v); }
+    } held{pool, pool->acquire(static_cast<size_t>((bytes + slot - 1) / slot))};
+    const std::vector<uint8_t*>& slots = held.v;
     std::vector<std::string> keys(t->keys.begin() + first, t->keys.begin() + last);
     std::vector<uint64_t> needed(t->needed.begin() + first, t->needed.begin() + last);
     std::vector<SegmentList> host(keys.size());
@@ -284,7 +314,6 @@ Status Executor::move_staged(Transfer* t) {
               result = kErrBackend;
             }
     }
-    pool->release(slots);
     first = last;
   }
   return result;
@@ -298,11 +327,11 @@ void Executor::run(Transfer* t) {
     result = kErrBackend;
     log(LogLevel::Error, std::string("MEMKV transfer failed: ") + e.what());
   }
-  {
-    std::lock_guard<std::mutex> lk(t->mu);
-    t->status = result;
-    t->running = false;
-  }
+  // Notify while holding the lock: releaseReqH may delete t as soon as it
+  // can take the lock and see running == false.
+  std::lock_guard<std::mutex> lk(t->mu);
+  t->status = result;
+  t->running = false;
   t->done_cv.notify_all();
 }
 

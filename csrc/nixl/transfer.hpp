@@ -37,6 +37,7 @@ class Transfer : public RequestHandle {
   XferOp op = kRead;
   bool device = false;                // local descriptors are VRAM_SEG: staged through pinned memory
   bool host_staged = false;           // DRAM staged the same way (MEMKV_STAGE_DRAM=1, tests)
+  int gpu = 0;                        // VRAM: the GPU that owns the local buffers
   std::vector<std::string> keys;
   std::vector<SegmentList> segments;  // per key, sorted by object offset
   std::vector<uint64_t> needed;       // READ: the object must hold at least this many bytes
@@ -69,14 +70,13 @@ class Executor {
   Status move(XferOp op, const std::vector<std::string>& keys, const std::vector<SegmentList>& segments,
               const std::vector<uint64_t>& needed);
   Status move_staged(Transfer* t);
-  StagingPool* staging(CudaRuntime* cuda);
+  StagingPool* staging(CudaRuntime* cuda, std::string* error);
   void worker();
 
   Client* client_;
   uint64_t staging_bytes_, staging_slot_bytes_;
-  std::once_flag staging_once_;
+  std::mutex staging_mu_;
   std::unique_ptr<StagingPool> staging_;
-  std::string staging_error_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Transfer*> queue_;
