@@ -140,6 +140,9 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
   ++connections_;
   ++connections_total_;
   std::string peer = sock.peer();
+  // A busy client sends its next request within microseconds of our reply:
+  // polling briefly before sleeping saves a wake-up (an IPI on VMs) per op.
+  sock.set_spin_us(30);
   try {
     std::string why;
     auto session = Session::server(std::move(sock), opts_.auth_key, opts_.node_id, store_->max_value_bytes(),
