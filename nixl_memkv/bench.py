@@ -123,6 +123,12 @@ def measure(client: Client, size: int, threads: int, seconds: float) -> tuple[fl
     return _run_threads(threads, put) / 1e9, _run_threads(threads, get) / 1e9
 
 
+def _wait_flushed(node: MemKVNode, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while node.stats()["dirty_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def measure_exists(client: Client, n: int) -> float:
     keys = [f"bench/exists/{i}" for i in range(n)]
     vals = [b"x"] * n
@@ -167,6 +173,8 @@ def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, 
                     repeats = TARGET_REPEATS if (size, n) == (4 << 20, 1) else 1
                     pairs = []
                     for _ in range(repeats):
+                        if node:  # each row starts with the write-back of earlier rows finished
+                            _wait_flushed(node)
                         raw_now = raw_loopback_gbps(min(seconds, 1.0))
                         raw_samples.append(raw_now)
                         put, get = measure(client, size, n, seconds)

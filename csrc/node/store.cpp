@@ -352,7 +352,7 @@ void Store::flusher_main() {
   // the request path, and DRAM back-pressure (reserve) bounds how far behind
   // it may fall. On an idle node it drains at full disk speed.
   // With fsync=always, whenever a put waits for DRAM, and whenever the oldest
-  // queued task (write or removal) is older than half the sync interval (so acknowledged data
+  // queued task (write or removal) is older than two sync intervals (so acknowledged data
   // stays within the interval of its shard), it runs at normal priority.
   // Leaving SCHED_IDLE needs CAP_SYS_NICE or a permissive RLIMIT_NICE, so
   // idle mode is used only where a probe thread shows the way back works.
@@ -384,7 +384,7 @@ void Store::flusher_main() {
     uint64_t now = mono_ms();
     set_idle(cfg_.fsync != FsyncMode::Always && space_waiters_ == 0 &&
              (flush_queue_.empty() ||
-              now - flush_queue_.front().queued_ms < static_cast<uint64_t>(cfg_.fsync_interval_ms) / 2));
+              now - flush_queue_.front().queued_ms < 2 * static_cast<uint64_t>(cfg_.fsync_interval_ms)));
     expire_parts_locked(now);
     if (files_ && unsynced && (now - last_sync >= static_cast<uint64_t>(cfg_.fsync_interval_ms) ||
                                (stopping_ && flush_queue_.empty()))) {
