@@ -231,17 +231,18 @@ def bench(servers, sizes, threads, seconds, exists_keys, json_path, dram_only) -
 @main.command("bench-nixl")
 @click.option("--blocks", default=16, show_default=True, help="Blocks per request.")
 @click.option("--block-size", default="4MiB", show_default=True)
-@click.option("--seconds", default=2.0, show_default=True, help="Target time per measurement.")
+@click.option("--seconds", default=1.0, show_default=True, help="Target time per measurement.")
+@click.option("--rounds", default=3, show_default=True, help="Rounds of every path (medians are reported).")
 @click.option("--shards", is_flag=True, help="Embedded node with its shard tier (default: DRAM only).")
 @click.option("--json", "json_path", help="Also write the figures as JSON to this file ('-' for stdout).")
-def bench_nixl(blocks, block_size, seconds, shards, json_path) -> None:
+def bench_nixl(blocks, block_size, seconds, rounds, shards, json_path) -> None:
     """NIXL + MEMKV against the plain client, the raw socket and NIXL's POSIX backend."""
     from .bench_nixl import run_bench_nixl
     from .config import parse_size
 
     try:
         ok = run_bench_nixl(blocks=blocks, block_size=parse_size(block_size, "--block-size"), seconds=seconds,
-                            shards=shards, json_path=json_path)
+                            shards=shards, json_path=json_path, rounds=rounds)
     except MemKVError as e:
         _fail(e)
     sys.exit(0 if ok else 1)

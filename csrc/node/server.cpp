@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "../common/bytes.hpp"
@@ -140,9 +141,6 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
   ++connections_;
   ++connections_total_;
   std::string peer = sock.peer();
-  // A busy client sends its next request within microseconds of our reply:
-  // polling briefly before sleeping saves a wake-up (an IPI on VMs) per op.
-  sock.set_spin_us(30);
   try {
     std::string why;
     auto session = Session::server(std::move(sock), opts_.auth_key, opts_.node_id, store_->max_value_bytes(),
@@ -155,11 +153,20 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
     } else {
       FrameHeader h{};
       std::vector<uint8_t> meta;
+      // A client in a tight loop sends its next request within microseconds
+      // of our reply: then polling briefly before sleeping saves a wake-up (an
+      // IPI on VMs) per op. Clients that pause between requests get no spin,
+      // so it never takes CPU from them on a small machine.
+      constexpr auto kSpin = std::chrono::microseconds(30);
+      auto replied = std::chrono::steady_clock::time_point{};
       while (!stopping_) {
         if (!session->recv_frame(&h, &meta, -1, opts_.io_timeout_ms)) break;
+        bool quick = std::chrono::steady_clock::now() - replied < kSpin;
+        session->sock().set_spin_us(quick ? static_cast<int>(kSpin.count()) : 0);
         conn->busy = true;
         handle(*session, h, meta);
         conn->busy = false;
+        replied = std::chrono::steady_clock::now();
       }
     }
   } catch (const Error& e) {
