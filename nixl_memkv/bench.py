@@ -213,9 +213,14 @@ def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, 
     doc = {"raw_loopback_gbps": raw, "raw_samples_gbps": raw_samples, "results": rows, "batched_exists_keys_per_s": exists_rate,
            "exists_batch": exists_keys, "target_ratio": TARGET_RATIO, "target_met": ok,
            "node": "external" if servers else ("embedded, DRAM only" if dram_only else "embedded, DRAM + shards")}
+    write_json(doc, json_path)
+    return ok
+
+
+def write_json(doc: dict, json_path: str | None) -> None:
+    """The figures as JSON: to stdout for '-', to a file for a path, nowhere for None."""
     if json_path == "-":
         print(json.dumps(doc, indent=2))
     elif json_path:
         with open(json_path, "w") as f:
             json.dump(doc, f, indent=2)
-    return ok

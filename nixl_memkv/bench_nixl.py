@@ -10,7 +10,6 @@ Targets: the plugin within 5% of the plain client, and at least 0.8x the raw soc
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .bench import raw_loopback_gbps
+from .bench import raw_loopback_gbps, write_json
 from .client import Client
 from .config import ClientConfig, NodeConfig, format_size
 from .license import generate_issuer_key, issue_license
@@ -153,9 +152,5 @@ def run_bench_nixl(*, blocks: int = 16, block_size: int = 4 << 20, seconds: floa
     console.print("targets " + ("[green]met[/green]" if ok else "[red]NOT met[/red]"))
     doc = {"blocks": blocks, "block_size": block_size, "node": "DRAM + shards" if shards else "DRAM only",
            "gbps": results, "samples_gbps": samples, "rounds": rounds, "plugin_vs_client": vs_client, "plugin_vs_raw": vs_raw, "targets_met": ok}
-    if json_path == "-":
-        print(json.dumps(doc, indent=2))
-    elif json_path:
-        with open(json_path, "w") as f:
-            json.dump(doc, f, indent=2)
+    write_json(doc, json_path)
     return ok

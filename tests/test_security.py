@@ -119,3 +119,15 @@ def test_garbage_and_non_memkv_peers_are_dropped(node, client_for):
         except ConnectionResetError:  # closed with our junk unread: also a refusal
             pass
     assert client_for([node]).get("anything") is None
+
+
+def test_tampered_request_without_values_is_rejected(node, auth_key):
+    """Frames that carry no values (GET here) are covered by the header MAC alone."""
+    s = _RawSession("127.0.0.1", node.port, bytes.fromhex(auth_key))
+    meta = struct.pack("<H", 3) + b"abc" + struct.pack("<QQ", 0, 2**64 - 1)
+    s.send_raw(s.encode(GET, meta))
+    assert s.recv_status() == 1  # a well-formed GET of a missing key: not found
+    frame = bytearray(s.encode(GET, meta))
+    frame[8] ^= 0x01  # the sequence number
+    s.send_raw(bytes(frame))
+    assert s.recv_status() == -1
