@@ -89,6 +89,17 @@ def test_layer_separate_layout(params):
         assert wait(agent, h) == "DONE"
         agent.release_xfer_handle(h)
     assert np.array_equal(out_k, k) and np.array_equal(out_v, v)
+    # A partial READ (one layer's V region of every block) fetches just that span.
+    part = np.zeros((n_blocks, region), dtype=np.uint8)
+    part_reg = agent.register_memory([(part.ctypes.data, part.nbytes, 0, "")], "DRAM", backends=["MEMKV"])
+    layer = 5
+    local = agent.get_xfer_descs([(part[b].ctypes.data, region, 0) for b in range(n_blocks)], "DRAM")
+    remote = agent.get_xfer_descs([((layer * 2 + 1) * region, region, h) for h in hashes], "OBJ")
+    h = agent.initialize_xfer("READ", local, remote, agent.name, backends=["MEMKV"])
+    assert wait(agent, h) == "DONE"
+    agent.release_xfer_handle(h)
+    assert all(np.array_equal(part[b], v[layer][b * region:(b + 1) * region]) for b in range(n_blocks))
+    agent.deregister_memory(part_reg, backends=["MEMKV"])
     # Stored as whole blocks: layer 0 K of block 0 opens the object.
     c = Client(servers=params["servers"].split(","), auth_key=params["auth_key"], transport="tcp")
     obj = c.get(str(hashes[0]))

@@ -460,25 +460,33 @@ void Client::batch_get_into(const std::vector<std::string_view>& keys, const std
 void Client::batch_get_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
                                 std::vector<int64_t>* result, std::vector<std::string>* errors) {
   result->assign(keys.size(), kItemMissing);
-  std::vector<uint64_t> wanted(keys.size());
+  // Each key asks only for the span its segments cover: [lo, hi).
+  std::vector<uint64_t> lo(keys.size(), 0), hi(keys.size(), 0), wanted(keys.size(), 0);
   for (size_t i = 0; i < keys.size(); ++i) {
     uint64_t end = 0;
-    for (const Segment& g : segs[i]) {
-      if (g.offset < end) fail(ErrorKind::Config, "read segments for key " + std::string(keys[i]) + " overlap");
+    for (size_t j = 0; j < segs[i].size(); ++j) {
+      const Segment& g = segs[i][j];
+      if (j && g.offset < end) fail(ErrorKind::Config, "read segments for key " + std::string(keys[i]) + " overlap");
       end = g.offset + g.len;
-      wanted[i] += g.len;
     }
+    if (!segs[i].empty()) {
+      lo[i] = segs[i].front().offset;
+      hi[i] = end;
+    }
+    wanted[i] = hi[i] - lo[i];
   }
-  std::vector<Frame> frames = plan(keys, &wanted);
   execute(
-      frames,
+      plan(keys, &wanted),
       [&](Session& s, const Frame& f) {
         FrameHeader h;
         std::vector<uint8_t> meta;
-        ByteReader r = keys_request(s, kBatchGet, f, keys, &h, &meta);
+        ByteReader r = keys_request(s, kBatchGet, f, keys, &h, &meta, [&](ByteWriter& m, uint32_t i) {
+          m.u64(lo[i]);
+          m.u64(hi[i] - lo[i]);
+        });
         struct Item {
           uint16_t st;
-          uint64_t size;
+          uint64_t size, len;
           uint32_t crc;
         };
         std::vector<Item> items(f.items.size());
@@ -486,11 +494,12 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
         for (Item& it : items) {
           it.st = r.u16();
           it.size = r.u64();
+          it.len = r.u64();
           it.crc = r.u32();
-          if (it.st == kOk) total += it.size;
+          if (it.st == kOk) total += it.len;
         }
         if (total != h.data_len) fail(ErrorKind::Protocol, "batch_get reply length does not match its sizes");
-        // Values stream back in order; each lands straight in its segments.
+        // Ranges stream back in order; each lands straight in its segments.
         for (size_t k = 0; k < items.size(); ++k) {
           uint32_t i = f.items[k];
           const Item& it = items[k];
@@ -498,18 +507,19 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
             (*result)[i] = it.st == kNotFound ? kItemMissing : kItemError;
             continue;
           }
+          const uint64_t start = lo[i], stop = lo[i] + it.len;  // object bytes [start, stop) arrive
           uint32_t crc = 0;
-          uint64_t pos = 0;
+          uint64_t pos = start;
           for (const Segment& g : segs[i]) {
-            if (g.offset >= it.size) break;
+            if (g.offset >= stop) break;
             discard(s, g.offset - pos, opts_.op_timeout_ms, &crc);
-            uint64_t n = std::min(g.len, it.size - g.offset);
+            uint64_t n = std::min(g.len, stop - g.offset);
             if (n)
               s.sock().recv_exact(g.ptr, n, opts_.op_timeout_ms,
                                   [&](const uint8_t* p, size_t m) { crc = crc32c(crc, p, m); });
             pos = g.offset + n;
           }
-          discard(s, it.size - pos, opts_.op_timeout_ms, &crc);
+          discard(s, stop - pos, opts_.op_timeout_ms, &crc);
           (*result)[i] = crc == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
         }
       },
@@ -519,10 +529,14 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
 // Sends a batch request whose metadata is the frame's keys and returns the
 // reply's metadata, checked and positioned after its item count.
 ByteReader Client::keys_request(Session& s, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
-                                FrameHeader* h, std::vector<uint8_t>* meta) {
+                                FrameHeader* h, std::vector<uint8_t>* meta,
+                                const std::function<void(ByteWriter&, uint32_t)>& per_item) {
   ByteWriter m;
   m.u32(static_cast<uint32_t>(f.items.size()));
-  for (uint32_t i : f.items) m.key(keys[i]);
+  for (uint32_t i : f.items) {
+    m.key(keys[i]);
+    if (per_item) per_item(m, i);
+  }
   s.send_frame(op, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
   recv_response(s, op, h, meta);
   if (h->status != kOk) server_error(op_name(op), s.sock().peer(), h->status);

@@ -93,8 +93,8 @@ class Client {
   // must be sorted by offset; writes must tile [0, total) (see check_tiling).
   void batch_put_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
                           std::vector<int>* status, std::vector<std::string>* errors);
-  // result: the object's size (bytes outside every segment are discarded),
-  // or a negative kItem* code.
+  // Only the span the segments cover is requested. result: the object's
+  // size (which may be smaller than the span), or a negative kItem* code.
   void batch_get_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
                           std::vector<int64_t>* result, std::vector<std::string>* errors);
   // Empty when the sorted segments tile [0, total) exactly; else why not.
@@ -117,7 +117,8 @@ class Client {
   void check_key(std::string_view key) const;
   int64_t get_common(std::string_view key, uint64_t limit, const std::function<uint8_t*(uint64_t, uint64_t)>& dest);
   ByteReader keys_request(wire::Session& s, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
-                          wire::FrameHeader* h, std::vector<uint8_t>* meta);
+                          wire::FrameHeader* h, std::vector<uint8_t>* meta,
+                          const std::function<void(ByteWriter&, uint32_t)>& per_item = nullptr);
   // The `unavailable` callback of execute(): marks every item of a frame.
   template <class T, class V>
   static std::function<void(const Frame&)> mark_all(std::vector<T>* out, V value) {

@@ -322,11 +322,20 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       return;
     }
     case kBatchGet: {
+      // Items: key, u64 offset, u64 length (kMissing: to the end).
       uint32_t n = in.u32();
       if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch_get: too many items");
-      std::vector<std::string> keys;
-      keys.reserve(n);
-      for (uint32_t i = 0; i < n; ++i) keys.emplace_back(in.key());
+      struct Want {
+        std::string key;
+        uint64_t offset, length;
+      };
+      std::vector<Want> wants;
+      wants.reserve(n);
+      for (uint32_t i = 0; i < n; ++i) {
+        std::string key(in.key());
+        uint64_t offset = in.u64(), length = in.u64();
+        wants.push_back({std::move(key), offset, length});
+      }
       in.expect_end();
       drain(s, h.data_len);
       // Every value is pinned (and verified, if it came from a shard) before
@@ -336,21 +345,30 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       uint64_t total = 0;
       out.u32(n);
       for (uint32_t i = 0; i < n; ++i) {
+        const Want& w = wants[i];
         uint32_t crc = 0;
-        if (key_ok(keys[i])) vals[i] = store_->get(keys[i], &crc);
-        if (vals[i]) {
-          ++hits_;
-          out.u16(kOk);
-          out.u64(vals[i]->size);
-          out.u32(crc);
-          if (vals[i]->size) iov.push_back({vals[i]->data, vals[i]->size});
-          total += vals[i]->size;
-        } else {
-          ++misses_;
-          out.u16(key_ok(keys[i]) ? kNotFound : kKeyInvalid);
+        if (key_ok(w.key)) vals[i] = store_->get(w.key, &crc);
+        if (!vals[i] || w.offset > vals[i]->size) {
+          uint16_t st = !key_ok(w.key) ? kKeyInvalid : vals[i] ? kBadRange : kNotFound;
+          if (st == kNotFound) ++misses_;
+          vals[i].reset();
+          out.u16(st);
+          out.u64(0);
           out.u64(0);
           out.u32(0);
+          continue;
         }
+        ++hits_;
+        const Value& v = *vals[i];
+        uint64_t len = std::min(w.length, v.size - w.offset);
+        // A whole value carries its stored checksum; a range gets its own.
+        if (w.offset != 0 || len != v.size) crc = crc32c(0, v.data + w.offset, len);
+        out.u16(kOk);
+        out.u64(v.size);
+        out.u64(len);
+        out.u32(crc);
+        if (len) iov.push_back({v.data + w.offset, len});
+        total += len;
       }
       reply(kOk, iov.data(), static_cast<int>(iov.size()), total);
       return;
