@@ -169,3 +169,21 @@ def test_dram_only_node_evicts_lru(make_node, client_for):
             c.get("d/0")  # keep d/0 hot
     assert c.exists("d/0") and not c.exists("d/1") and c.exists("d/39")
     assert n.status()["tiers"]["dram"]["bytes_used"] <= 16 << 20
+
+
+def test_deleted_keys_stay_deleted_after_a_crash(make_node, client_for):
+    """Deletes racing the write-back of the same keys: after a crash and a
+    full rescan, no deleted key may come back."""
+    n = make_node("--dram-capacity", "512MiB", "--disk-capacity", "2GiB", "--fsync-interval-ms", "100")
+    c = client_for([n])
+    keys = [f"gone/{i}" for i in range(24)]
+    for k in keys:
+        c.put(k, value_for(k, 8 << 20))
+        c.remove(k)  # often while the flusher is still writing it
+    c.put("kept", b"x")
+    time.sleep(1.5)  # every queued write and removal has run, and been synced
+    n.kill()
+    n.start()
+    c2 = client_for([n])
+    assert c2.batch_exists(keys) == [False] * len(keys)
+    assert c2.get("kept") == b"x"

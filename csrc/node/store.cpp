@@ -210,8 +210,9 @@ void Store::publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uin
   if (it != index_.end()) {
     Entry* old = it->second.get();
     // The old shard goes first, so a crash before the new one lands reads
-    // as a miss, not as the previous value.
-    if (old->on_disk) flush_queue_.push_back({false, key, old->version, mono_ms()});
+    // as a miss, not as the previous value. Queued even when the old value
+    // is not known to be on disk: its write may be in flight right now.
+    if (files_) flush_queue_.push_back({false, key, old->version, mono_ms()});
     drop_entry_locked(old);
   }
   auto e = std::make_unique<Entry>();
@@ -337,7 +338,9 @@ bool Store::remove(const std::string& key) {
     auto it = index_.find(key);
     if (it == index_.end()) return false;
     Entry* e = it->second.get();
-    if (e->on_disk) {
+    // Always queued with a disk tier: a write of this key may be in flight
+    // on the flusher, and its file must not outlive the delete.
+    if (files_) {
       flush_queue_.push_back({false, key, e->version, mono_ms()});
       flush_cv_.notify_one();
     }
