@@ -187,3 +187,16 @@ def test_deleted_keys_stay_deleted_after_a_crash(make_node, client_for):
     c2 = client_for([n])
     assert c2.batch_exists(keys) == [False] * len(keys)
     assert c2.get("kept") == b"x"
+
+
+def test_small_records_are_charged_whole_pages(make_node, client_for):
+    """Disk capacity counts what the filesystem allocates, not just the bytes."""
+    n = make_node("--dram-capacity", "64MiB", "--disk-capacity", "16MiB", "--fsync-interval-ms", "100")
+    c = client_for([n])
+    keys = [f"small/{i}" for i in range(5000)]
+    for i in range(0, len(keys), 1000):
+        c.batch_put(keys[i:i + 1000], [b"v" * 100] * 1000)
+    time.sleep(1.5)
+    n.stop()
+    allocated = sum(os.stat(f).st_blocks * 512 for f in glob.glob(os.path.join(n.data_dir, "shards", "*", "*")))
+    assert allocated <= 16 << 20

@@ -3,12 +3,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <system_error>
 
 #include "../common/bytes.hpp"
 #include "../common/crc32c.hpp"
@@ -105,12 +107,12 @@ void Node::accept_loop() {
     }
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE) {
-        log(LogLevel::Warning, "accept: out of file descriptors; raise `ulimit -n`");
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        continue;
-      }
-      break;
+      if (errno == EBADF || errno == EINVAL) break;  // the listening socket is gone
+      // Out of fds or buffers, a protocol hiccup: keep serving, but say so.
+      log(LogLevel::Warning, std::string("accept failed: ") + std::strerror(errno) +
+                                 (errno == EMFILE || errno == ENFILE ? " (raise `ulimit -n`)" : ""));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -130,7 +132,13 @@ void Node::accept_loop() {
     else if (ss.ss_family == AF_INET6)
       inet_ntop(AF_INET6, &reinterpret_cast<struct sockaddr_in6*>(&ss)->sin6_addr, host, sizeof(host));
     sock.set_peer(std::string("client ") + host);
-    conn->thread = std::thread([this, conn, s = std::move(sock)]() mutable { serve(conn, std::move(s)); });
+    try {
+      conn->thread = std::thread([this, conn, s = std::move(sock)]() mutable { serve(conn, std::move(s)); });
+    } catch (const std::system_error& e) {  // thread limit: refuse this client, keep the node up
+      ++rejected_;
+      log(LogLevel::Warning, std::string("cannot start a connection thread: ") + e.what());
+      continue;  // the socket, moved into the discarded lambda, is closed with it
+    }
     conns_.push_back(std::move(conn));
   }
   ::close(listen_fd_);
@@ -214,6 +222,11 @@ uint16_t Node::receive_value(Session& s, const FrameHeader& h, uint32_t index, c
     ++checksum_failures_;
     return kChecksumMismatch;
   }
+  // A put that waited long for DRAM may have been given up on by its client
+  // (timed out and closed). Publishing it now could overwrite a newer value
+  // or undo a delete the client made since: drop it instead.
+  struct pollfd pfd {s.sock().fd(), POLLRDHUP, 0};
+  if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) return kShuttingDown;
   return status_of(store_->commit(key, std::move(v), crc, std::move(r)));
 }
 

@@ -156,8 +156,10 @@ void ShardFiles::write(const std::string& key, const Value& v, uint32_t crc, uin
   if (fd < 0) fail(ErrorKind::Internal, "cannot create " + tmp + ": " + std::strerror(errno));
   try {
     pwrite_all(fd, header.p, kPage, 0, tmp);
-    // O_DIRECT writes whole pages (the padding was zeroed when the value was allocated).
-    if (v.size) pwrite_all(fd, v.data, direct ? round_up_page(v.size) : v.size, static_cast<off_t>(kPage), tmp);
+    // Large values always go out as whole pages (their padding was zeroed at
+    // allocation), so the record layout does not depend on O_DIRECT.
+    bool padded = v.size >= kDirectFrom && v.page_aligned;
+    if (v.size) pwrite_all(fd, v.data, padded ? round_up_page(v.size) : v.size, static_cast<off_t>(kPage), tmp);
     if (sync && ::fdatasync(fd) != 0) fail(ErrorKind::Internal, "fdatasync " + tmp + ": " + std::strerror(errno));
     if (::rename(tmp.c_str(), final_path.c_str()) != 0)
       fail(ErrorKind::Internal, "rename " + tmp + ": " + std::strerror(errno));
@@ -169,10 +171,9 @@ void ShardFiles::write(const std::string& key, const Value& v, uint32_t crc, uin
   ::close(fd);
   if (sync) {
     int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
+    bool ok = dfd >= 0 && ::fsync(dfd) == 0;
+    if (dfd >= 0) ::close(dfd);
+    if (!ok) fail(ErrorKind::Internal, "fsync of " + dir + " failed: " + std::strerror(errno));
   } else {
     unsynced_ = true;
   }
@@ -196,12 +197,15 @@ ValuePtr ShardFiles::read(const std::string& key, bool* corrupt, uint32_t* crc_o
       if (fd >= 0) ::close(fd);
     }
   } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (file.fd < 0) return nullptr;
+  if (file.fd < 0) return nullptr;  // absent, or a transient error (out of fds): a miss, nothing deleted
+  // Only a record whose contents are wrong counts as corrupt (and is then
+  // dropped); an I/O error is a miss that leaves the record alone.
   AlignedBuf header(kPage);
   RecordInfo info;
   struct stat st {};
-  if (!pread_all(file.fd, header.p, kPage, 0) || !decode_header(header.p, &info) || info.key != key ||
-      ::fstat(file.fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < info.file_bytes) {
+  if (!pread_all(file.fd, header.p, kPage, 0) || ::fstat(file.fd, &st) != 0) return nullptr;
+  if (!decode_header(header.p, &info) || info.key != key ||
+      static_cast<uint64_t>(st.st_size) < min_file_len(info.size)) {
     *corrupt = true;
     return nullptr;
   }
@@ -209,11 +213,13 @@ ValuePtr ShardFiles::read(const std::string& key, bool* corrupt, uint32_t* crc_o
   bool ok = true;
   if (direct_io_ && info.size >= kDirectFrom && v->page_aligned) {
     Fd direct{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT)};
-    ok = direct.fd >= 0 && pread_all(direct.fd, v->data, round_up_page(info.size), static_cast<off_t>(kPage));
+    if (direct.fd < 0) return nullptr;
+    ok = pread_all(direct.fd, v->data, round_up_page(info.size), static_cast<off_t>(kPage));
   } else if (info.size) {
     ok = pread_all(file.fd, v->data, info.size, static_cast<off_t>(kPage));
   }
-  if (!ok || crc32c(0, v->data, info.size) != info.crc) {
+  if (!ok) return nullptr;
+  if (crc32c(0, v->data, info.size) != info.crc) {
     *corrupt = true;
     return nullptr;
   }
@@ -221,7 +227,19 @@ ValuePtr ShardFiles::read(const std::string& key, bool* corrupt, uint32_t* crc_o
   return v;
 }
 
-void ShardFiles::remove(const std::string& key) { ::unlink(path_for(key, nullptr).c_str()); }
+void ShardFiles::remove(const std::string& key, bool sync) {
+  std::string dir;
+  if (::unlink(path_for(key, &dir).c_str()) != 0) return;
+  if (!sync) {
+    unsynced_ = true;  // the next sync_all makes the removal durable too
+    return;
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
 
 size_t ShardFiles::scan(const std::function<void(RecordInfo&&)>& found) {
   // Shard directories are independent: scan them on a few threads (the work
@@ -251,7 +269,7 @@ size_t ShardFiles::scan(const std::function<void(RecordInfo&&)>& found) {
         RecordInfo info;
         struct stat st {};
         bool ok = pread_all(fd, header.p, kPage, 0) && decode_header(header.p, &info) && ::fstat(fd, &st) == 0 &&
-                  static_cast<uint64_t>(st.st_size) >= info.file_bytes && path_for(info.key, nullptr) == p;
+                  static_cast<uint64_t>(st.st_size) >= min_file_len(info.size) && path_for(info.key, nullptr) == p;
         ::close(fd);
         if (!ok) {
           ++skipped;
@@ -335,7 +353,8 @@ bool ShardFiles::load_index(std::vector<RecordInfo>* records) {
   }
   ::close(fd);
   // Gone before it is used: a crash from here on leaves no stale snapshot.
-  ::unlink(path.c_str());
+  // If it cannot be removed, it is not trusted either.
+  if (::unlink(path.c_str()) != 0) return false;
   fsync_dir(root_);
   if (in.size() < 20 || std::memcmp(in.data(), kIndexMagic, 8) != 0) return false;
   uint32_t want;

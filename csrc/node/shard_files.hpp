@@ -34,8 +34,12 @@ class ShardFiles {
   // cache); smaller ones use buffered I/O, where a device round trip per
   // record would dominate.
   static constexpr uint64_t kDirectFrom = 1ull << 20;
-  static uint64_t file_bytes(uint64_t value_size) {
-    return kPage + (value_size >= kDirectFrom ? round_up_page(value_size) : value_size);
+  // Disk space a record is charged: whole pages, as the filesystem allocates them.
+  static uint64_t file_bytes(uint64_t value_size) { return kPage + round_up_page(value_size); }
+  // The shortest valid record file: large values are always padded to whole
+  // pages (O_DIRECT or not); small ones are written exactly.
+  static uint64_t min_file_len(uint64_t value_size) {
+    return value_size >= kDirectFrom ? kPage + round_up_page(value_size) : kPage + value_size;
   }
 
   // Writes the record and renames it into place. With `sync`, data and the
@@ -45,7 +49,8 @@ class ShardFiles {
   // Reads and verifies a record. Returns nullptr when absent; sets *corrupt
   // when present but failing any check (the caller drops it).
   ValuePtr read(const std::string& key, bool* corrupt, uint32_t* crc_out);
-  void remove(const std::string& key);
+  // With `sync` the removal is durable on return; else after sync_all().
+  void remove(const std::string& key, bool sync = false);
   // Calls `found` for every valid record header; removes leftovers of
   // interrupted writes. Returns the number of unreadable records skipped.
   size_t scan(const std::function<void(RecordInfo&&)>& found);

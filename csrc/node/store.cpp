@@ -385,7 +385,7 @@ void Store::flusher_main() {
       flush_cv_.wait_for(lk, std::chrono::milliseconds(wait_ms));
     }
     uint64_t now = mono_ms();
-    set_idle(cfg_.fsync != FsyncMode::Always && space_waiters_ == 0 &&
+    set_idle(!stopping_ && cfg_.fsync != FsyncMode::Always && space_waiters_ == 0 &&
              (flush_queue_.empty() ||
               now - flush_queue_.front().queued_ms < 2 * static_cast<uint64_t>(cfg_.fsync_interval_ms)));
     expire_parts_locked(now);
@@ -401,7 +401,7 @@ void Store::flusher_main() {
     FlushTask t = std::move(flush_queue_.front());
     flush_queue_.pop_front();
     flush_one(t);
-    unsynced = unsynced || (t.write && interval);
+    unsynced = unsynced || interval;  // writes and removals alike
   }
   lk.unlock();
   // A clean stop leaves every record durable, whatever the fsync mode.
@@ -423,7 +423,7 @@ void Store::flush_one(const FlushTask& t) {
     disk_lru_.erase(d->second.lru);
     disk_.erase(d);
     lk.unlock();
-    files_->remove(t.key);
+    files_->remove(t.key, cfg_.fsync == FsyncMode::Always);
     lk.lock();
     return;
   }
