@@ -41,6 +41,25 @@ def _progress(console: Console) -> Progress:
                     console=console)
 
 
+def _in_batches(console: Console, label: str, n_blocks: int, block_size: int, step) -> float:
+    """Runs step(range of block ids) per batch of BATCH blocks under a progress
+    bar; returns the seconds the steps report spending (their own timing)."""
+    busy = 0.0
+    with _progress(console) as bar:
+        task = bar.add_task(label, total=n_blocks * block_size)
+        for i in range(0, n_blocks, BATCH):
+            ids = range(i, min(i + BATCH, n_blocks))
+            busy += step(ids)
+            bar.advance(task, len(ids) * block_size)
+    return busy
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 class _Setup:
     """Temp dir, auth key, licence and an embedded node."""
 
@@ -107,28 +126,26 @@ def _nixl_demo(console: Console, s: _Setup, n_blocks: int, block_size: int) -> b
     dram = agent.register_memory([(host.ctypes.data, host.nbytes, 0, "")], "DRAM", backends=["MEMKV"])
     objs = agent.register_memory([(0, block_size, h, "") for h in hashes], "OBJ", backends=["MEMKV"])
 
-    def move(op: str, bar: Progress, task) -> float:
-        busy = 0.0
-        for i in range(0, n_blocks, BATCH):
-            ids = range(i, min(i + BATCH, n_blocks))
+    def move(op: str):
+        def step(ids) -> float:
             local = agent.get_xfer_descs([(host.ctypes.data + j * block_size, block_size, 0) for j in ids], "DRAM")
             remote = agent.get_xfer_descs([(0, block_size, hashes[j]) for j in ids], "OBJ")
             handle = agent.initialize_xfer(op, local, remote, agent.name, backends=["MEMKV"])
-            t0 = time.perf_counter()
-            state = agent.transfer(handle)
-            while state == "PROC":
-                state = agent.check_xfer_state(handle)
-            busy += time.perf_counter() - t0
-            agent.release_xfer_handle(handle)
-            bar.advance(task, len(ids) * block_size)
-        return busy
 
-    with _progress(console) as bar:
-        put_s = move("WRITE", bar, bar.add_task("offload", total=host.nbytes))
+            def run():
+                state = agent.transfer(handle)
+                while state == "PROC":
+                    state = agent.check_xfer_state(handle)
+
+            seconds = _timed(run)  # the transfer itself, not building its descriptor lists
+            agent.release_xfer_handle(handle)
+            return seconds
+        return step
+
+    put_s = _in_batches(console, "offload", n_blocks, block_size, move("WRITE"))
     host[:] = 0  # evicted from the local tier
     s.restart_node()
-    with _progress(console) as bar:
-        get_s = move("READ", bar, bar.add_task("onboard", total=host.nbytes))
+    get_s = _in_batches(console, "onboard", n_blocks, block_size, move("READ"))
     ok = np.array_equal(host, original)
     missing = agent.query_memory([(0, block_size, 12345, "")], "MEMKV", "OBJ")[0]
     agent.deregister_memory(objs, backends=["MEMKV"])
@@ -150,22 +167,15 @@ def _client_demo(console: Console, s: _Setup, n_blocks: int, block_size: int) ->
     data = [rng.integers(0, 256, block_size, dtype=np.uint8) for _ in range(n_blocks)]
     keys = [f"demo/seq-hash-{i:016x}" for i in range(n_blocks)]
     cfg = ClientConfig(servers=(s.node.address,), auth_key=s.node_cfg.auth_key, transport="tcp")
-    with Client(config=cfg) as client, _progress(console) as bar:
-        task = bar.add_task("offload", total=n_blocks * block_size)
-        t0 = time.perf_counter()
-        for i in range(0, n_blocks, BATCH):
-            client.batch_put(keys[i:i + BATCH], data[i:i + BATCH])
-            bar.advance(task, len(keys[i:i + BATCH]) * block_size)
-        put_s = time.perf_counter() - t0
+    with Client(config=cfg) as client:
+        put_s = _in_batches(console, "offload", n_blocks, block_size,
+                            lambda ids: _timed(lambda: client.batch_put([keys[j] for j in ids], [data[j] for j in ids])))
     s.restart_node()
     out = [np.empty(block_size, dtype=np.uint8) for _ in range(n_blocks)]
-    with Client(config=cfg) as client, _progress(console) as bar:
-        task = bar.add_task("onboard", total=n_blocks * block_size)
-        t0 = time.perf_counter()
-        for i in range(0, n_blocks, BATCH):
-            client.batch_get_into(keys[i:i + BATCH], out[i:i + BATCH])
-            bar.advance(task, len(keys[i:i + BATCH]) * block_size)
-        get_s = time.perf_counter() - t0
+    with Client(config=cfg) as client:
+        get_s = _in_batches(console, "onboard", n_blocks, block_size,
+                            lambda ids: _timed(lambda: client.batch_get_into([keys[j] for j in ids],
+                                                                             [out[j] for j in ids])))
     total = n_blocks * block_size
     return _report(console, [
         ("path", "Python client -> MemKV node -> shards"),

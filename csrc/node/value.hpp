@@ -30,10 +30,6 @@ class BufferPool {
     static BufferPool* p = new BufferPool();  // never destroyed: Values may outlive statics
     return *p;
   }
-  void set_limit(uint64_t bytes) {
-    std::lock_guard<std::mutex> lk(mu_);
-    limit_ = bytes;
-  }
   void* take(uint64_t alloc) {
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -67,7 +63,7 @@ class BufferPool {
   std::mutex mu_;
   std::unordered_map<uint64_t, std::vector<void*>> free_;
   uint64_t cached_ = 0;
-  uint64_t limit_ = 256ull << 20;
+  static constexpr uint64_t limit_ = 256ull << 20;
 };
 
 struct Value {
