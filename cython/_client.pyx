@@ -33,6 +33,11 @@ cdef extern from "../csrc/client/client.hpp" namespace "memkv":
         int connect_timeout_ms
         int op_timeout_ms
 
+    cppclass Segment:
+        uint64_t offset
+        void* ptr
+        uint64_t len
+
     cppclass ObjectStat:
         uint64_t size
         uint32_t crc
@@ -58,6 +63,10 @@ cdef extern from "../csrc/client/client.hpp" namespace "memkv":
                             vector[int64_t]*, vector[string]*) except +raise_py_error nogil
         void batch_exists(const vector[string_view]&, vector[int64_t]*, vector[string]*) except +raise_py_error nogil
         void batch_remove(const vector[string_view]&, vector[int]*, vector[string]*) except +raise_py_error nogil
+        void batch_put_segments(const vector[string_view]&, const vector[vector[Segment]]&, vector[int]*,
+                                vector[string]*) except +raise_py_error nogil
+        void batch_get_segments(const vector[string_view]&, const vector[vector[Segment]]&, vector[int64_t]*,
+                                vector[string]*) except +raise_py_error nogil
         void close() nogil
 
     int64_t kItemMissing
@@ -342,11 +351,81 @@ cdef class NativeClient:
             self.c.get().batch_remove(ks.views, &st, &errs)
         return list(st), [e.decode() for e in errs]
 
+    def batch_put_segments(self, list keys, list seglists):
+        """Gather writes: each key's value is the concatenation of its
+        segments, given as (offset, target, length) sorted by offset and tiling
+        [0, total). target is a buffer object (length may be None) or a raw
+        address (an int) that the caller keeps valid for the call."""
+        if len(keys) != len(seglists):
+            raise ValueError("batch_put_segments: %d keys but %d segment lists" % (len(keys), len(seglists)))
+        cdef _Keys ks = _Keys(keys)
+        cdef _Views v = _Views()
+        cdef vector[vector[Segment]] segs
+        _fill_segments(seglists, &segs, v, False)
+        cdef vector[int] st
+        cdef vector[string] errs
+        with nogil:
+            self.c.get().batch_put_segments(ks.views, segs, &st, &errs)
+        return list(st), [e.decode() for e in errs]
+
+    def batch_get_segments(self, list keys, list seglists):
+        """Scatter reads: object bytes [offset, offset + length) of each
+        segment land at its target; only the span the segments cover is
+        fetched. Returns (results, errors): the object's full size or a
+        negative ITEM_* code per key."""
+        if len(keys) != len(seglists):
+            raise ValueError("batch_get_segments: %d keys but %d segment lists" % (len(keys), len(seglists)))
+        cdef _Keys ks = _Keys(keys)
+        cdef _Views v = _Views()
+        cdef vector[vector[Segment]] segs
+        _fill_segments(seglists, &segs, v, True)
+        cdef vector[int64_t] res
+        cdef vector[string] errs
+        with nogil:
+            self.c.get().batch_get_segments(ks.views, segs, &res, &errs)
+        return list(res), [e.decode() for e in errs]
+
     def close(self):
         if self.c.get() != NULL:
             with nogil:
                 self.c.get().close()
             self.c.reset()
+
+
+cdef int _fill_segments(list seglists, vector[vector[Segment]]* out, _Views v, bint writable) except -1:
+    # Buffer targets are acquired first (in one _Views, released after the
+    # call); raw addresses are taken as given.
+    cdef list objs = []
+    for segs in seglists:
+        for seg in segs:
+            if not isinstance(seg[1], int):
+                objs.append(seg[1])
+    v.acquire(objs, writable)
+    cdef size_t vi = 0
+    cdef Segment g
+    cdef uint64_t prev_end
+    out.resize(len(seglists))
+    for i, segs in enumerate(seglists):
+        prev_end = 0
+        for seg in segs:
+            offset, target, length = seg
+            g.offset = offset
+            if isinstance(target, int):
+                if length is None or target == 0:
+                    raise ValueError("a segment given by address needs a non-null address and a length")
+                g.ptr = <void*><size_t>target
+                g.len = length
+            else:
+                g.ptr = v.ptrs[vi]
+                g.len = v.lens[vi] if length is None else length
+                if g.len > v.lens[vi]:
+                    raise ValueError("segment length %d exceeds its buffer (%d bytes)" % (g.len, v.lens[vi]))
+                vi += 1
+            if g.offset < prev_end:
+                raise ValueError("segments must be sorted by offset and must not overlap")
+            prev_end = g.offset + g.len
+            out[0][i].push_back(g)
+    return 0
 
 
 cdef class _RawSession:

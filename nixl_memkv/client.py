@@ -34,7 +34,7 @@ class Client:
     """A connection to a MemKV cluster (thread-safe; share one per process)."""
 
     def __init__(self, servers: Sequence[str] | str | None = None, auth_key: str | bytes | None = None, *,
-                 config: ClientConfig | None = None, **overrides: Any):
+                 config: ClientConfig | None = None, transport: str | None = None, **overrides: Any):
         if config is None:
             given = dict(overrides)
             if servers is not None:
@@ -46,7 +46,8 @@ class Client:
             from .errors import ConfigError
             raise ConfigError("no auth key: set MEMKV_AUTH_KEY (64 hex characters; generate one with `memkv keygen`)")
         self.config = config
-        self.transport = select_transport(config)
+        # A plugin that already chose (and logged) the transport passes it in.
+        self.transport = transport or select_transport(config)
         nodes = []
         for name in config.servers:
             host, port = split_server(name)
@@ -118,10 +119,31 @@ class Client:
     def batch_put(self, keys: Sequence[str | bytes], values: Sequence[Any]) -> None:
         """Stores every pair; raises BatchError naming the keys that failed."""
         status, errors = self._native.batch_put(self._keys(keys), list(values))
+        self._finish_writes("batch_put", keys, status, errors)
+
+    def batch_put_segments(self, keys: Sequence[str | bytes], segments: Sequence[Sequence[tuple]]) -> None:
+        """Gather writes: each value is the concatenation of its segments,
+        `(offset, target, length)` sorted by offset and tiling [0, total).
+        A target is a buffer object (length None = all of it) or a raw
+        address that stays valid for the call. Raises BatchError like
+        batch_put."""
+        status, errors = self._native.batch_put_segments(self._keys(keys), [list(s) for s in segments])
+        self._finish_writes("batch_put_segments", keys, status, errors)
+
+    def batch_get_segments(self, keys: Sequence[str | bytes], segments: Sequence[Sequence[tuple]], *,
+                           allow_partial: bool = False) -> list[int | None]:
+        """Scatter reads: object bytes [offset, offset + length) of each
+        segment land at its target; only the span the segments cover is
+        fetched. Returns each object's full size (None on a miss), so a
+        caller can tell a short object from a complete read."""
+        results, errors = self._native.batch_get_segments(self._keys(keys), [list(s) for s in segments])
+        return self._finish_reads(keys, results, errors, allow_partial)
+
+    def _finish_writes(self, op: str, keys, status, errors) -> None:
         failed = {keys[i]: _status_text(s) for i, s in enumerate(status) if s != 0}
         if failed:
             detail = "; ".join(errors) if errors else ", ".join(sorted(set(failed.values())))
-            raise BatchError(f"batch_put: {len(failed)} of {len(keys)} values not stored ({detail})", failed)
+            raise BatchError(f"{op}: {len(failed)} of {len(keys)} values not stored ({detail})", failed)
 
     def batch_get_into(self, keys: Sequence[str | bytes], buffers: Sequence[Any], *,
                        allow_partial: bool = False) -> list[int | None]:

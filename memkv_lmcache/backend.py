@@ -1,0 +1,412 @@
+"""`MemKVStorageBackend`: LMCache's storage plugin for a MemKV cluster.
+
+LMCache loads it from its YAML (`storage_plugins: memkv` with
+`storage_plugin.memkv.module_path: memkv_lmcache.backend` and
+`class_name: MemKVStorageBackend`). A chunk's path:
+
+  store:    LMCache hands a MemoryObj -> we take a reference and queue it
+            (PutQueue) -> the writer gathers [header | payload] straight
+            from LMCache's CPU buffer into one batched put per round.
+  lookup:   batched_contains -> one batched exists per node -> the length of
+            the leading run of keys present.
+  retrieve: batched_get_blocking -> headers are known (from this process's
+            own puts/reads) or probed with one ranged batch read -> objects
+            are allocated from LMCache's CPU pool -> one batched scatter read
+            lands each payload directly in its object; the stored header is
+            read back alongside and must match.
+
+Every chunk carries its shapes/dtypes/format on the wire (chunk_header), so
+a fresh process rehydrates what an earlier one stored.
+
+Options come from the MemKV config chain; LMCache's `extra_config` keys
+`memkv.<name>` override it (`memkv.servers`, `memkv.auth_key`, ...), plus
+this plugin's own: `memkv.async_put` (default true), `memkv.put_queue_mb`
+(default 1024) and `memkv.put_queue_timeout_s` (default 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, List, Optional, Sequence
+
+import torch
+from lmcache.v1.memory_management import MemoryFormat, MemoryObj
+from lmcache.v1.storage_backend.abstract_backend import StoragePluginInterface
+
+from nixl_memkv.client import Client
+from nixl_memkv.errors import ConfigError, MemKVError
+from nixl_memkv.keys import fit_key
+from nixl_memkv.plugin_startup import split_plugin_options, start_plugin
+
+from . import chunk_header
+from .chunk_header import ChunkLayout, HeaderError
+from .put_queue import PutItem, PutQueue
+
+log = logging.getLogger("memkv-client")
+
+EXTRA_CONFIG_PREFIX = "memkv."
+_LAYOUT_CACHE_ENTRIES = 1 << 18
+
+
+def _positive_int(label: str, value: Any) -> int:
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label}={value!r} is not valid: expected a positive integer") from None
+    return n
+
+
+def _positive_float(label: str, value: Any) -> float:
+    try:
+        x = float(value)
+        if not x > 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label}={value!r} is not valid: expected a positive number of seconds") from None
+    return x
+
+
+def _bool(label: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{label}={value!r} is not valid: expected true or false")
+
+
+PLUGIN_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
+    "async_put": _bool,
+    "put_queue_mb": _positive_int,
+    "put_queue_timeout_s": _positive_float,
+}
+
+
+def layout_of(obj: MemoryObj) -> ChunkLayout:
+    meta = obj.metadata
+    shapes = meta.shapes if meta.shapes is not None else [meta.shape]
+    dtypes = meta.dtypes if meta.dtypes is not None else [meta.dtype]
+    return ChunkLayout(fmt=obj.get_memory_format().name,
+                       dtypes=tuple(str(d).removeprefix("torch.") for d in dtypes),
+                       shapes=tuple(tuple(int(x) for x in s) for s in shapes),
+                       payload_len=obj.get_size())
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise HeaderError(f"chunk header names an unknown dtype {name!r}")
+    return dtype
+
+
+class MemKVStorageBackend(StoragePluginInterface):
+    def __init__(self, config=None, dst_device: str = "cpu", metadata=None, local_cpu_backend=None, loop=None):
+        super().__init__(dst_device=dst_device, config=config, metadata=metadata,
+                         local_cpu_backend=local_cpu_backend, loop=loop)
+        extra = dict(getattr(config, "extra_config", None) or {})
+        overrides, options = split_plugin_options(extra, PLUGIN_OPTIONS, source="extra_config",
+                                                  prefix=EXTRA_CONFIG_PREFIX)
+        started = start_plugin(overrides, source="extra_config memkv.")
+        self._client = Client(config=started.config, transport=started.transport)
+        self._namespace = started.config.namespace
+        self._queue = PutQueue(self._client, max_bytes=options.get("put_queue_mb", 1024) << 20,
+                               block_timeout_s=options.get("put_queue_timeout_s", 10.0),
+                               asynchronous=options.get("async_put", True))
+        # Per-key layouts this process has written or read: a warm read is one
+        # round trip. Layout objects are interned (one per distinct shape).
+        self._layouts: collections.OrderedDict[bytes, ChunkLayout] = collections.OrderedDict()
+        self._interned: dict[ChunkLayout, ChunkLayout] = {}
+        self._lock = threading.Lock()
+        self._pins: collections.Counter[bytes] = collections.Counter()
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="memkv-load")
+        self._closed = False
+        self.counters = collections.Counter()
+        log.info("MemKVStorageBackend ready (servers=%s, rdma=%s, dst_device=%s)", list(started.config.servers),
+                 started.rdma, dst_device)
+
+    def __str__(self) -> str:
+        return "MemKVStorageBackend"
+
+    # -- keys and layouts -------------------------------------------------------------
+    def _key(self, key) -> bytes:
+        return fit_key(key.to_string(), self._namespace)
+
+    def _remember(self, key: bytes, layout: ChunkLayout) -> None:
+        with self._lock:
+            layout = self._interned.setdefault(layout, layout)
+            self._layouts[key] = layout
+            self._layouts.move_to_end(key)
+            if len(self._layouts) > _LAYOUT_CACHE_ENTRIES:
+                self._layouts.popitem(last=False)
+
+    def _known_layout(self, key: bytes) -> Optional[ChunkLayout]:
+        with self._lock:
+            return self._layouts.get(key)
+
+    def _forget(self, key: bytes) -> None:
+        with self._lock:
+            self._layouts.pop(key, None)
+
+    # -- lookups ----------------------------------------------------------------------
+    def contains(self, key, pin: bool = False) -> bool:
+        return self.batched_contains([key], pin) == 1
+
+    def batched_contains(self, keys: List, pin: bool = False) -> int:
+        """Length of the leading run of keys stored (or being stored)."""
+        wire = [self._key(k) for k in keys]
+        lead = 0
+        while lead < len(wire) and self._queue.is_pending(wire[lead]):
+            lead += 1
+        hits = lead
+        if lead < len(wire):
+            try:
+                sizes = self._client.batch_sizes(wire[lead:], allow_partial=True)
+            except MemKVError as exc:
+                log.error("memkv lookup of %d keys failed (%s); reporting misses", len(wire) - lead, exc)
+                self.counters["lookup_errors"] += 1
+                sizes = []
+            for size in sizes:
+                if size is None:
+                    break
+                hits += 1
+        if pin:
+            with self._lock:
+                for k in wire[:hits]:
+                    self._pins[k] += 1
+        return hits
+
+    async def batched_async_contains(self, lookup_id: str, keys: List, pin: bool = False) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._loader, self.batched_contains, keys, pin)
+
+    def exists_in_put_tasks(self, key) -> bool:
+        return self._queue.is_pending(self._key(key))
+
+    # -- stores -----------------------------------------------------------------------
+    def batched_submit_put_task(self, keys: Sequence, objs: List[MemoryObj], transfer_spec: Any = None,
+                                on_complete_callback: Optional[Callable] = None) -> Optional[List[Future]]:
+        items = []
+        for key, obj in zip(keys, objs, strict=True):
+            wire = self._key(key)
+            try:
+                layout = layout_of(obj)
+                header = layout.encode()
+            except HeaderError as exc:
+                log.error("memkv: not storing chunk %s: %s", key.to_string()[:120], exc)
+                self.counters["put_skipped"] += 1
+                continue
+            obj.ref_count_up()  # LMCache releases its reference when we return
+            items.append(PutItem(wire, header, obj.data_ptr, layout.payload_len, release=obj.ref_count_down))
+            self._remember(wire, layout)
+        if not items:
+            return None
+        by_wire = {self._key(k): k for k in keys}
+
+        def done(item: PutItem, stored: bool) -> None:
+            if stored and on_complete_callback is not None:
+                on_complete_callback(by_wire[item.key])
+
+        future = self._queue.submit(items, done)
+        return [future] if future is not None else None
+
+    # -- retrieves --------------------------------------------------------------------
+    def get_blocking(self, key) -> Optional[MemoryObj]:
+        return self.batched_get_blocking([key])[0]
+
+    def get_non_blocking(self, key, location: Optional[str] = None) -> Optional[Future]:
+        return self._loader.submit(self.get_blocking, key)
+
+    async def batched_get_non_blocking(self, lookup_id: str, keys: list, transfer_spec: Any = None
+                                       ) -> list[MemoryObj]:
+        objs = await asyncio.get_running_loop().run_in_executor(
+            self._loader, lambda: self._get_many(keys, busy_loop=False))
+        # Prefix semantics: the leading run of hits is the answer.
+        out: list[MemoryObj] = []
+        for obj in objs:
+            if obj is None:
+                break
+            out.append(obj)
+        for obj in objs[len(out):]:
+            if obj is not None:
+                obj.ref_count_down()
+        return out
+
+    def batched_get_blocking(self, keys: List) -> List[Optional[MemoryObj]]:
+        return self._get_many(keys, busy_loop=True)
+
+    def _get_many(self, keys: List, *, busy_loop: bool) -> List[Optional[MemoryObj]]:
+        if self.local_cpu_backend is None:
+            raise MemKVError("MemKVStorageBackend cannot retrieve without LMCache's local CPU backend "
+                             "(scheduler role); only lookups are available here")
+        wire = [self._key(k) for k in keys]
+        out: List[Optional[MemoryObj]] = [None] * len(keys)
+        layouts: list[Optional[ChunkLayout]] = [None] * len(keys)
+        cold = []
+        for i, w in enumerate(wire):
+            item = self._queue.pending(w)
+            if item is not None and not item.cancelled:
+                out[i] = self._copy_pending(item, busy_loop)
+                if out[i] is not None:
+                    continue
+            layouts[i] = self._known_layout(w)
+            if layouts[i] is None:
+                cold.append(i)
+        if cold:
+            self._probe_layouts([wire[i] for i in cold], cold, layouts)
+        todo = [i for i in range(len(keys)) if out[i] is None and layouts[i] is not None]
+        objs = {}
+        for i in todo:
+            try:
+                obj = self._allocate(layouts[i], busy_loop)
+            except (HeaderError, KeyError) as exc:
+                log.warning("memkv: chunk %r cannot be rebuilt here (%s); treated as a miss", wire[i], exc)
+                self.counters["bad_chunks"] += 1
+                self._forget(wire[i])
+                continue
+            if obj is None:
+                log.warning("memkv: LMCache's CPU pool has no room for chunk %d of %d; retrieving the rest as misses",
+                            i, len(keys))
+                self.counters["alloc_failures"] += 1
+                break
+            objs[i] = obj
+        if objs:
+            self._read_payloads(wire, layouts, objs, out)
+        hits = sum(o is not None for o in out)
+        self.counters["get_hits"] += hits
+        self.counters["get_misses"] += len(keys) - hits
+        return out
+
+    def _probe_layouts(self, keys: list[bytes], index: list[int], layouts: list) -> None:
+        """Cold keys: one ranged batch read of the header span."""
+        bufs = [bytearray(chunk_header.MAX_HEADER_LEN) for _ in keys]
+        try:
+            sizes = self._client.batch_get_segments(keys, [[(0, b, None)] for b in bufs], allow_partial=True)
+        except MemKVError as exc:
+            log.error("memkv: reading %d chunk headers failed (%s); treating them as misses", len(keys), exc)
+            self.counters["get_errors"] += 1
+            return
+        for i, key, buf, size in zip(index, keys, bufs, sizes):
+            if size is None:
+                continue
+            try:
+                layout = chunk_header.decode(buf[:min(size, len(buf))])
+                if chunk_header.header_len_of(buf) + layout.payload_len != size:
+                    raise HeaderError(f"stored value is {size} bytes but its header describes "
+                                      f"{chunk_header.header_len_of(buf) + layout.payload_len}")
+            except HeaderError as exc:
+                log.warning("memkv: key %r does not hold a readable LMCache chunk (%s); treated as a miss", key, exc)
+                self.counters["bad_chunks"] += 1
+                continue
+            layouts[i] = layout
+            self._remember(key, layout)
+
+    def _read_payloads(self, wire: list[bytes], layouts: list, objs: dict[int, MemoryObj], out: list) -> None:
+        order = sorted(objs)
+        headers = {i: layouts[i].encode() for i in order}
+        back = {i: bytearray(len(headers[i])) for i in order}
+        segments = [[(0, back[i], None), (len(headers[i]), objs[i].data_ptr, layouts[i].payload_len)]
+                    if layouts[i].payload_len else [(0, back[i], None)] for i in order]
+        try:
+            sizes = self._client.batch_get_segments([wire[i] for i in order], segments, allow_partial=True)
+        except MemKVError as exc:
+            log.error("memkv: reading %d chunks failed (%s); treating them as misses", len(order), exc)
+            self.counters["get_errors"] += 1
+            sizes = [None] * len(order)
+        for i, size in zip(order, sizes):
+            obj = objs[i]
+            expected = len(headers[i]) + layouts[i].payload_len
+            if size == expected and back[i] == headers[i]:
+                out[i] = obj
+                self.counters["get_bytes"] += layouts[i].payload_len
+                continue
+            if size is not None:
+                # Another writer stored a different layout under this key:
+                # drop what we knew; the next read probes afresh.
+                log.warning("memkv: chunk %r changed layout since it was last seen; treated as a miss", wire[i])
+                self._forget(wire[i])
+            obj.ref_count_down()
+
+    def _allocate(self, layout: ChunkLayout, busy_loop: bool) -> Optional[MemoryObj]:
+        shapes = [torch.Size(s) for s in layout.shapes]
+        dtypes = [_torch_dtype(d) for d in layout.dtypes]
+        fmt = MemoryFormat[layout.fmt]
+        if len(shapes) == 1:
+            obj = self.local_cpu_backend.allocate(shapes[0], dtypes[0], fmt, busy_loop=busy_loop)
+        else:
+            obj = self.local_cpu_backend.allocate(shapes, dtypes, fmt, busy_loop=busy_loop)
+        if obj is not None and obj.get_size() != layout.payload_len:
+            if layout.payload_len > obj.get_physical_size():
+                obj.ref_count_down()
+                raise HeaderError("chunk payload is larger than its shapes allow")
+            obj.set_used_size(layout.payload_len)
+        return obj
+
+    def _copy_pending(self, item: PutItem, busy_loop: bool) -> Optional[MemoryObj]:
+        """A chunk still in the put queue is served from its source buffer."""
+        layout = chunk_header.decode(item.header)
+        obj = self._allocate(layout, busy_loop)
+        if obj is not None:
+            ctypes.memmove(obj.data_ptr, item.ptr, item.length)
+        return obj
+
+    # -- pins, removal ----------------------------------------------------------------
+    def pin(self, key) -> bool:
+        """Records a pin and reports whether the chunk is stored. MemKV keeps
+        no per-client retention: a pin cannot stop the cluster's own LRU
+        eviction; it only lets LMCache track what it asked to keep."""
+        return self.batched_contains([key], pin=True) == 1
+
+    def unpin(self, key) -> bool:
+        wire = self._key(key)
+        with self._lock:
+            if self._pins[wire] <= 0:
+                return False
+            self._pins[wire] -= 1
+            if not self._pins[wire]:
+                del self._pins[wire]
+            return True
+
+    def remove(self, key, force: bool = True) -> bool:
+        return self.batched_remove([key], force) == 1
+
+    def batched_remove(self, keys: list, force: bool = True) -> int:
+        wire = [self._key(k) for k in keys]
+        cancelled = [self._queue.cancel(w) for w in wire]
+        for w in wire:
+            self._forget(w)
+        try:
+            removed = self._client.batch_remove(wire)
+        except MemKVError as exc:
+            log.error("memkv: removing %d chunks failed: %s", len(wire), exc)
+            return sum(cancelled)
+        return sum(r or c for r, c in zip(removed, cancelled))
+
+    # -- lifetime ---------------------------------------------------------------------
+    def get_allocator_backend(self):
+        return self.local_cpu_backend
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Waits until every accepted put is written (tests, benchmarks, shutdown)."""
+        return self._queue.drain(timeout_s)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update({f"put_{k}": v for k, v in self._queue.stats.as_dict().items()})
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.close()
+        self._loader.shutdown(wait=True)
+        self._client.close()
+        log.info("MemKVStorageBackend closed (%s)", ", ".join(f"{k}={v}" for k, v in sorted(self.stats().items())))

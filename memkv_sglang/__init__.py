@@ -1,0 +1,1 @@
+"""MemKV for sglang: the HiCache storage backend (`memkv_sglang.backend`)."""
