@@ -11,13 +11,30 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from nixl_memkv import Client
 from nixl_memkv.auth import generate_auth_key
+from nixl_memkv.license import generate_issuer_key, issue_license
 
 os.environ["LMCACHE_TRACK_USAGE"] = "false"
+
+
+def make_licence(directory: str, days: int = 30) -> tuple[str, str]:
+    """A licence file and the issuer's public key that verifies it."""
+    pem, pub = generate_issuer_key()
+    path = os.path.join(directory, "minio.license")
+    with open(path, "w") as f:
+        f.write(issue_license(pem, licensee="tests", plan="enterprise",
+                              expires_at=datetime.now(timezone.utc) + timedelta(days=days)))
+    return path, pub
+
+
+@pytest.fixture(scope="session")
+def licence(tmp_path_factory):
+    return make_licence(str(tmp_path_factory.mktemp("licence")))
 
 
 def free_port() -> int:
@@ -99,6 +116,7 @@ class NodeProc:
 
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused node must see the SIGTERM
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -112,6 +130,13 @@ class NodeProc:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the node hangs with its sockets open."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def restart(self) -> "NodeProc":
         self.stop()

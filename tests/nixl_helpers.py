@@ -1,17 +1,15 @@
 """Shared pieces of the NIXL tests: the plugin directory (NIXL reads it once,
-when the first agent is created, so it is set at import), licences, agents
+when the first agent is created, so it is set at import), agents
 with the MEMKV backend, and KVBM-shaped block transfers."""
 
 from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
 from nixl_memkv import nixl as memkv_nixl
-from nixl_memkv.license import generate_issuer_key, issue_license
 
 PLUGIN_DIR = memkv_nixl.use_with_nixl()
 
@@ -19,15 +17,6 @@ from nixl_cu12 import nixl_agent, nixl_agent_config  # noqa: E402  (after NIXL_P
 from nixl_cu12 import _bindings as nixlBind  # noqa: E402
 
 NIXL_ERRORS = tuple(getattr(nixlBind, n) for n in dir(nixlBind) if n.startswith("nixl") and n.endswith("Error"))
-
-
-def make_licence(directory: str, days: int = 30) -> tuple[str, str]:
-    pem, pub = generate_issuer_key()
-    path = os.path.join(directory, "minio.license")
-    with open(path, "w") as f:
-        f.write(issue_license(pem, licensee="tests", plan="enterprise",
-                              expires_at=datetime.now(timezone.utc) + timedelta(days=days)))
-    return path, pub
 
 
 def backend_params(nodes, auth_key: str, licence: tuple[str, str], **extra: str) -> dict[str, str]:

@@ -14,17 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from nixl_helpers import (PLUGIN_DIR, KvbmBlocks, backend_params, blocks, make_licence, memkv_agent, nixl_agent,
+from nixl_helpers import (PLUGIN_DIR, KvbmBlocks, backend_params, blocks, memkv_agent, nixl_agent,
                           nixl_agent_config, seq_hashes, wait)
 
 from nixl_memkv import Client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def licence(tmp_path_factory):
-    return make_licence(str(tmp_path_factory.mktemp("licence")))
 
 
 @pytest.fixture
