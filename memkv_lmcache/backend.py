@@ -45,7 +45,8 @@ from nixl_memkv.plugin_startup import split_plugin_options, start_plugin
 
 from . import chunk_header
 from .chunk_header import ChunkLayout, HeaderError
-from .put_queue import PutItem, PutQueue
+from .chunk_io import PutItem, layout_of, read_chunks
+from .put_queue import PutQueue
 
 log = logging.getLogger("memkv-client")
 
@@ -89,16 +90,6 @@ PLUGIN_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "put_queue_mb": _positive_int,
     "put_queue_timeout_s": _positive_float,
 }
-
-
-def layout_of(obj: MemoryObj) -> ChunkLayout:
-    meta = obj.metadata
-    shapes = meta.shapes if meta.shapes is not None else [meta.shape]
-    dtypes = meta.dtypes if meta.dtypes is not None else [meta.dtype]
-    return ChunkLayout(fmt=obj.get_memory_format().name,
-                       dtypes=tuple(str(d).removeprefix("torch.") for d in dtypes),
-                       shapes=tuple(tuple(int(x) for x in s) for s in shapes),
-                       payload_len=obj.get_size())
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -310,29 +301,24 @@ class MemKVStorageBackend(StoragePluginInterface):
 
     def _read_payloads(self, wire: list[bytes], layouts: list, objs: dict[int, MemoryObj], out: list) -> None:
         order = sorted(objs)
-        headers = {i: layouts[i].encode() for i in order}
-        back = {i: bytearray(len(headers[i])) for i in order}
-        segments = [[(0, back[i], None), (len(headers[i]), objs[i].data_ptr, layouts[i].payload_len)]
-                    if layouts[i].payload_len else [(0, back[i], None)] for i in order]
         try:
-            sizes = self._client.batch_get_segments([wire[i] for i in order], segments, allow_partial=True)
+            results = read_chunks(self._client, [wire[i] for i in order], [layouts[i] for i in order],
+                                  [objs[i].data_ptr for i in order])
         except MemKVError as exc:
             log.error("memkv: reading %d chunks failed (%s); treating them as misses", len(order), exc)
             self.counters["get_errors"] += 1
-            sizes = [None] * len(order)
-        for i, size in zip(order, sizes):
-            obj = objs[i]
-            expected = len(headers[i]) + layouts[i].payload_len
-            if size == expected and back[i] == headers[i]:
-                out[i] = obj
+            results = [None] * len(order)
+        for i, ok in zip(order, results):
+            if ok:
+                out[i] = objs[i]
                 self.counters["get_bytes"] += layouts[i].payload_len
                 continue
-            if size is not None:
+            if ok is False:
                 # Another writer stored a different layout under this key:
                 # drop what we knew; the next read probes afresh.
                 log.warning("memkv: chunk %r changed layout since it was last seen; treated as a miss", wire[i])
                 self._forget(wire[i])
-            obj.ref_count_down()
+            objs[i].ref_count_down()
 
     def _allocate(self, layout: ChunkLayout, busy_loop: bool) -> Optional[MemoryObj]:
         shapes = [torch.Size(s) for s in layout.shapes]

@@ -21,27 +21,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from nixl_memkv.client import Client
-from nixl_memkv.errors import BatchError, MemKVError
+from nixl_memkv.errors import MemKVError
+
+from .chunk_io import PutItem, write_chunks
 
 log = logging.getLogger("memkv-client")
 
 # One writer round: at most this much is gathered into one batch put.
 _ROUND_BYTES = 256 << 20
 _ROUND_ITEMS = 4096
-
-
-@dataclass
-class PutItem:
-    key: bytes            # the MemKV key (already shaped)
-    header: bytes         # stored at offset 0
-    ptr: int              # payload address, valid until release()
-    length: int           # payload bytes, stored at offset len(header)
-    release: Callable[[], None] = lambda: None
-    cancelled: bool = False
-
-    @property
-    def size(self) -> int:
-        return len(self.header) + self.length
 
 
 @dataclass
@@ -191,16 +179,12 @@ class PutQueue:
         ok: dict[int, bool] = {id(it): False for it in items}
         try:
             if live:
-                sizes = self._client.batch_sizes([it.key for it in live], allow_partial=True)
-                todo = []
-                for it, size in zip(live, sizes):
-                    if size == it.size:
-                        ok[id(it)] = True
-                        self.stats.already_present += 1
-                    else:
-                        todo.append(it)
-                if todo:
-                    self._put(todo, ok)
+                outcome = write_chunks(self._client, live)
+                self.stats.stored += outcome.written
+                self.stats.stored_bytes += outcome.bytes_written
+                self.stats.already_present += outcome.already_present
+                for it, stored in zip(live, outcome.stored):
+                    ok[id(it)] = stored
         except MemKVError as exc:
             log.error("memkv put of %d chunks failed: %s", len(live), exc)
         except Exception:  # noqa: BLE001 - the writer thread must survive anything
@@ -227,18 +211,3 @@ class PutQueue:
                             del self._pending[it.key]
                     self._cv.notify_all()
                 b.future.set_result(stored)
-
-    def _put(self, todo: list[PutItem], ok: dict[int, bool]) -> None:
-        segments = [[(0, it.header, None), (len(it.header), it.ptr, it.length)] if it.length else
-                    [(0, it.header, None)] for it in todo]
-        failed: dict = {}
-        try:
-            self._client.batch_put_segments([it.key for it in todo], segments)
-        except BatchError as exc:
-            failed = exc.failed
-            log.error("memkv put: %s", exc)
-        for it in todo:
-            if it.key not in failed:
-                ok[id(it)] = True
-                self.stats.stored += 1
-                self.stats.stored_bytes += it.size

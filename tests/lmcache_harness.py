@@ -39,6 +39,7 @@ class CpuKVConnector(GPUConnectorInterface):
 
     def __init__(self, kv: torch.Tensor):
         self.kv = kv
+        self.layers, self.hidden = kv.shape[1], kv.shape[3]
 
     def from_gpu(self, memory_obj, start: int, end: int, **kwargs):
         memory_obj.tensor.copy_(self.kv[:, :, start:end, :])
@@ -55,7 +56,7 @@ class CpuKVConnector(GPUConnectorInterface):
             self.to_gpu(obj, s, e)
 
     def get_shape(self, num_tokens: int) -> torch.Size:
-        return torch.Size([2, LAYERS, num_tokens, HEADS * HEAD_SIZE])
+        return torch.Size([2, self.layers, num_tokens, self.hidden])
 
 
 def config_yaml(*, extra: dict[str, str], local_cpu: bool = True, cpu_gb: float = 1.0,
@@ -82,14 +83,16 @@ class Engine:
 
     _n = 0
 
-    def __init__(self, yaml_path: str, max_tokens: int, model: str = "memkv-test/model", instance: str | None = None):
+    def __init__(self, yaml_path: str, max_tokens: int, model: str = "memkv-test/model", instance: str | None = None,
+                 layers: int = LAYERS, heads: int = HEADS):
         Engine._n += 1
+        self.layers, self.hidden = layers, heads * HEAD_SIZE
         self.instance = instance or f"memkv-test-{os.getpid()}-{Engine._n}"
         config = LMCacheEngineConfig.from_file(yaml_path)
         metadata = LMCacheMetadata(model_name=model, world_size=1, local_world_size=1, worker_id=0,
                                    local_worker_id=0, kv_dtype=DTYPE,
-                                   kv_shape=(LAYERS, 2, CHUNK, HEADS, HEAD_SIZE), chunk_size=CHUNK)
-        self.kv = torch.zeros(2, LAYERS, max_tokens, HEADS * HEAD_SIZE, dtype=DTYPE)
+                                   kv_shape=(layers, 2, CHUNK, heads, HEAD_SIZE), chunk_size=CHUNK)
+        self.kv = torch.zeros(2, layers, max_tokens, self.hidden, dtype=DTYPE)
         self.connector = CpuKVConnector(self.kv)
         self.engine = LMCacheEngineBuilder.get_or_create(self.instance, config, metadata, self.connector,
                                                          lambda t, r: None, lambda o, r: o)
@@ -105,7 +108,7 @@ class Engine:
 
     def fill(self, seed: int, ntokens: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        data = torch.randn(2, LAYERS, ntokens, HEADS * HEAD_SIZE, generator=g).to(DTYPE)
+        data = torch.randn(2, self.layers, ntokens, self.hidden, generator=g).to(DTYPE)
         self.kv[:, :, :ntokens].copy_(data)
         return data
 
