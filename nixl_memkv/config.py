@@ -762,3 +762,8 @@ def resolve_disk_capacity(cfg: NodeConfig) -> int:
         probe = parent
     return shutil.disk_usage(probe).free * 8 // 10
 
+
+
+def client_setting_names() -> frozenset[str]:
+    """The client settings a plugin's own parameters may override."""
+    return frozenset(_CLIENT_PARSERS)

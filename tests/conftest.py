@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import torchvision_cpu_shim  # noqa: F401  (sglang's imports reach torchvision; see the module)
+
 from nixl_memkv import Client
 from nixl_memkv.auth import generate_auth_key
 from nixl_memkv.license import generate_issuer_key, issue_license
