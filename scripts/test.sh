@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Installs MemKV with everything its tests need, then runs the test suite.
-# This is the README's test command and what CI runs (.ci/run).
+# Installs MemKV with everything its tests need (NIXL, LMCache, sglang), then
+# runs the test suite. This is the README's test command and what CI runs
+# (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+pip_install() { python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"; }
 
 # The CPU build of torch first: a bare `torch` requirement would pull a
 # multi-GB CUDA build (torch tensors are one of the buffer types we test).
-python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-python3 -m pip install --quiet --disable-pip-version-check ".[test]"
+pip_install "torch==2.13.0"
+pip_install ".[test]"
+# sglang's metadata pins a CUDA torch and flashinfer: install it without
+# them, then what its HiCache controller and host pools import.
+pip_install --no-deps "sglang==0.5.23"
+pip_install -r scripts/requirements/sglang-runtime.txt
+pip_install --no-deps "torchvision==0.28.0"
 
 export LMCACHE_TRACK_USAGE=false  # no library telemetry from test runs
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing may reach a model hub
 # -P: import the installed package, not the source tree in the working directory.
 exec python3 -P -m pytest -q -p no:cacheprovider "$@"
