@@ -127,6 +127,10 @@ class MemKVStorageBackend(StoragePluginInterface):
     def __str__(self) -> str:
         return "MemKVStorageBackend"
 
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:  # lookups, loads and stores run on several threads
+            self.counters[name] += n
+
     # -- keys and layouts -------------------------------------------------------------
     def _key(self, key) -> bytes:
         return fit_key(key.to_string(), self._namespace)
@@ -163,7 +167,7 @@ class MemKVStorageBackend(StoragePluginInterface):
                 sizes = self._client.batch_sizes(wire[lead:], allow_partial=True)
             except MemKVError as exc:
                 log.error("memkv lookup of %d keys failed (%s); reporting misses", len(wire) - lead, exc)
-                self.counters["lookup_errors"] += 1
+                self._count("lookup_errors", 1)
                 sizes = []
             for size in sizes:
                 if size is None:
@@ -192,7 +196,7 @@ class MemKVStorageBackend(StoragePluginInterface):
                 header = layout.encode()
             except HeaderError as exc:
                 log.error("memkv: not storing chunk %s: %s", key.to_string()[:120], exc)
-                self.counters["put_skipped"] += 1
+                self._count("put_skipped", 1)
                 continue
             obj.ref_count_up()  # LMCache releases its reference when we return
             items.append(PutItem(wire, header, obj.data_ptr, layout.payload_len, release=obj.ref_count_down))
@@ -259,20 +263,20 @@ class MemKVStorageBackend(StoragePluginInterface):
                 obj = self._allocate(layouts[i], busy_loop)
             except (HeaderError, KeyError) as exc:
                 log.warning("memkv: chunk %r cannot be rebuilt here (%s); treated as a miss", wire[i], exc)
-                self.counters["bad_chunks"] += 1
+                self._count("bad_chunks", 1)
                 self._forget(wire[i])
                 continue
             if obj is None:
                 log.warning("memkv: LMCache's CPU pool has no room for chunk %d of %d; retrieving the rest as misses",
                             i, len(keys))
-                self.counters["alloc_failures"] += 1
+                self._count("alloc_failures", 1)
                 break
             objs[i] = obj
         if objs:
             self._read_payloads(wire, layouts, objs, out)
         hits = sum(o is not None for o in out)
-        self.counters["get_hits"] += hits
-        self.counters["get_misses"] += len(keys) - hits
+        self._count("get_hits", hits)
+        self._count("get_misses", len(keys) - hits)
         return out
 
     def _probe_layouts(self, keys: list[bytes], index: list[int], layouts: list) -> None:
@@ -282,7 +286,7 @@ class MemKVStorageBackend(StoragePluginInterface):
             sizes = self._client.batch_get_segments(keys, [[(0, b, None)] for b in bufs], allow_partial=True)
         except MemKVError as exc:
             log.error("memkv: reading %d chunk headers failed (%s); treating them as misses", len(keys), exc)
-            self.counters["get_errors"] += 1
+            self._count("get_errors", 1)
             return
         for i, key, buf, size in zip(index, keys, bufs, sizes):
             if size is None:
@@ -294,7 +298,7 @@ class MemKVStorageBackend(StoragePluginInterface):
                                       f"{chunk_header.header_len_of(buf) + layout.payload_len}")
             except HeaderError as exc:
                 log.warning("memkv: key %r does not hold a readable LMCache chunk (%s); treated as a miss", key, exc)
-                self.counters["bad_chunks"] += 1
+                self._count("bad_chunks", 1)
                 continue
             layouts[i] = layout
             self._remember(key, layout)
@@ -306,12 +310,12 @@ class MemKVStorageBackend(StoragePluginInterface):
                                   [objs[i].data_ptr for i in order])
         except MemKVError as exc:
             log.error("memkv: reading %d chunks failed (%s); treating them as misses", len(order), exc)
-            self.counters["get_errors"] += 1
+            self._count("get_errors", 1)
             results = [None] * len(order)
         for i, ok in zip(order, results):
             if ok:
                 out[i] = objs[i]
-                self.counters["get_bytes"] += layouts[i].payload_len
+                self._count("get_bytes", layouts[i].payload_len)
                 continue
             if ok is False:
                 # Another writer stored a different layout under this key:
@@ -384,7 +388,8 @@ class MemKVStorageBackend(StoragePluginInterface):
         return self._queue.drain(timeout_s)
 
     def stats(self) -> dict[str, int]:
-        out = dict(self.counters)
+        with self._lock:
+            out = dict(self.counters)
         out.update({f"put_{k}": v for k, v in self._queue.stats.as_dict().items()})
         return out
 

@@ -99,6 +99,10 @@ class MemKVL2Adapter(L2AdapterInterface):
         return self._load_efd.fileno()
 
     # -- plumbing ---------------------------------------------------------------------
+    def _count(self, name: str, n: int) -> None:
+        with self._lock:
+            self.counters[name] += n
+
     def _key(self, key) -> bytes:
         return fit_key(object_key_string(key), self._namespace)
 
@@ -141,9 +145,9 @@ class MemKVL2Adapter(L2AdapterInterface):
                 if ok:
                     stored_keys.append(key)
                     sizes.append(it.size)
-            self.counters["stored"] += outcome.written
-            self.counters["already_present"] += outcome.already_present
-            self.counters["store_failed"] += len(items) - sum(outcome.stored)
+            self._count("stored", outcome.written)
+            self._count("already_present", outcome.already_present)
+            self._count("store_failed", len(items) - sum(outcome.stored))
             if outcome.written:
                 self._notify_keys_stored(stored_keys, sizes)
             return L2StoreResult(all(outcome.stored), outcome.bytes_written)
@@ -169,8 +173,8 @@ class MemKVL2Adapter(L2AdapterInterface):
                         # count the unlock must balance; the cluster's LRU
                         # may still evict, and a load then reports a miss.
                         self._locks[key] += 1
-            self.counters["lookup_hits"] += found.popcount()
-            self.counters["lookup_misses"] += len(keys) - found.popcount()
+            self._count("lookup_hits", found.popcount())
+            self._count("lookup_misses", len(keys) - found.popcount())
             return found
 
         return self._submit(self._io_pool, work, self._lookups_done, self._lookup_efd, lambda: Bitmap(len(keys)))
@@ -202,8 +206,8 @@ class MemKVL2Adapter(L2AdapterInterface):
                 elif ok is False:
                     log.warning("memkv L2: %s holds a different layout than requested; treated as a miss",
                                 object_key_string(key)[:120])
-            self.counters["loaded"] += len(hits)
-            self.counters["load_misses"] += len(keys) - len(hits)
+            self._count("loaded", len(hits))
+            self._count("load_misses", len(keys) - len(hits))
             if hits:
                 self._notify_keys_accessed(hits)
             return loaded
@@ -229,9 +233,9 @@ class MemKVL2Adapter(L2AdapterInterface):
 
     def report_status(self) -> dict:
         with self._lock:
-            locked = len(self._locks)
+            locked, counters = len(self._locks), dict(self.counters)
         return {"is_healthy": self._healthy, "servers": list(self._client.config.servers), "locked_keys": locked,
-                **dict(self.counters)}
+                **counters}
 
     def close(self) -> None:
         if self._closed:

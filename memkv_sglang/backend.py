@@ -137,7 +137,7 @@ class MemKVHiCacheStorage(HiCacheStorage):
             sizes = self._client.batch_sizes([self._key(k) for k in keys], allow_partial=True)
         except MemKVError as exc:
             log.error("memkv: existence check of %d pages failed (%s); reporting none", len(keys), exc)
-            self.counters["errors"] += 1
+            self._count_error()
             return 0
         run = 0
         for size in sizes:
@@ -171,7 +171,7 @@ class MemKVHiCacheStorage(HiCacheStorage):
                                                     allow_partial=True)
         except MemKVError as exc:
             log.error("memkv: reading %d pages failed (%s); reporting misses", len(keys), exc)
-            self.counters["errors"] += 1
+            self._count_error()
             return [False] * len(keys)
         ok = [s == self.page_bytes for s in sizes]
         self._count_reads(ok, t0)
@@ -203,7 +203,7 @@ class MemKVHiCacheStorage(HiCacheStorage):
                                                 [t.view(torch.uint8) for t in target_locations], allow_partial=True)
         except MemKVError as exc:
             log.error("memkv: reading %d pages failed (%s); reporting misses", len(keys), exc)
-            self.counters["errors"] += 1
+            self._count_error()
             return [None] * len(keys)
         ok = [s == self.page_bytes for s in sizes]
         self._count_reads(ok, t0)
@@ -250,7 +250,7 @@ class MemKVHiCacheStorage(HiCacheStorage):
                 ok[i] = True
         except MemKVError as exc:
             log.error("memkv: backing up %d pages failed: %s", len(wire), exc)
-            self.counters["errors"] += 1
+            self._count_error()
             return ok
         with self._lock:
             self._written.update(wire[i] for i in written)
@@ -262,6 +262,10 @@ class MemKVHiCacheStorage(HiCacheStorage):
             self._window["backup_bandwidth"].append(len(written) * self.page_bytes / 1e9 / max(
                 time.perf_counter() - t0, 1e-9))
         return ok
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self.counters["errors"] += 1
 
     def _count_reads(self, ok: List[bool], t0: float) -> None:
         hits = sum(ok)

@@ -307,3 +307,23 @@ def test_fit_key_keeps_short_keys_and_digests_long_ones():
     long = fit_key("x" * 481)
     assert long.startswith(b"memkv-h2:") and len(long) == 73 and long == fit_key("x" * 481)
     assert fit_key("x" * 470, namespace="n" * 50).startswith(b"memkv-h2:")  # namespace counts toward 512
+
+
+def test_async_loading_methods(node, auth_key, licence, engine_factory):
+    import asyncio
+    eng = engine_factory(extra_for([node], auth_key, licence))
+    tokens = H.tokens_for(16, NTOKENS)
+    data = eng.fill(16, NTOKENS)
+    eng.store(tokens)
+    eng.plugin.drain(30)
+    keys = [k for _, _, k in eng.engine.token_database.process_tokens(tokens)]
+    missing = [k for _, _, k in eng.engine.token_database.process_tokens(H.tokens_for(17, NTOKENS))]
+    assert asyncio.run(eng.plugin.batched_async_contains("l1", keys + missing)) == len(keys)
+    objs = asyncio.run(eng.plugin.batched_get_non_blocking("l1", keys[:2] + missing[:1] + keys[2:]))
+    assert len(objs) == 2  # the leading run only; the rest were released
+    for i, obj in enumerate(objs):
+        assert torch.equal(obj.tensor, data[:, :, i * H.CHUNK:(i + 1) * H.CHUNK])
+        obj.ref_count_down()
+    obj = eng.plugin.get_non_blocking(keys[3]).result(30)
+    assert torch.equal(obj.tensor, data[:, :, 3 * H.CHUNK:])
+    obj.ref_count_down()
