@@ -163,19 +163,8 @@ class MemKVHiCacheStorage(HiCacheStorage):
 
     def batch_get_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
-        if not keys:
-            return []
-        t0 = time.perf_counter()
-        try:
-            sizes = self._client.batch_get_segments([self._key(k) for k in keys], self._segments(keys, host_indices),
-                                                    allow_partial=True)
-        except MemKVError as exc:
-            log.error("memkv: reading %d pages failed (%s); reporting misses", len(keys), exc)
-            self._count_error()
-            return [False] * len(keys)
-        ok = [s == self.page_bytes for s in sizes]
-        self._count_reads(ok, t0)
-        return ok
+        return self._read(keys, lambda wire: self._client.batch_get_segments(
+            wire, self._segments(keys, host_indices), allow_partial=True))
 
     def batch_set_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
@@ -197,16 +186,8 @@ class MemKVHiCacheStorage(HiCacheStorage):
             return []
         if target_locations is None:
             target_locations = [self.mem_pool_host.get_dummy_flat_data_page() for _ in keys]
-        t0 = time.perf_counter()
-        try:
-            sizes = self._client.batch_get_into([self._key(k) for k in keys],
-                                                [t.view(torch.uint8) for t in target_locations], allow_partial=True)
-        except MemKVError as exc:
-            log.error("memkv: reading %d pages failed (%s); reporting misses", len(keys), exc)
-            self._count_error()
-            return [None] * len(keys)
-        ok = [s == self.page_bytes for s in sizes]
-        self._count_reads(ok, t0)
+        ok = self._read(keys, lambda wire: self._client.batch_get_into(
+            wire, [t.view(torch.uint8) for t in target_locations], allow_partial=True))
         return [t if hit else None for t, hit in zip(target_locations, ok)]
 
     def set(self, key: str, value: Optional[Any] = None, target_location: Optional[Any] = None,
@@ -261,6 +242,21 @@ class MemKVHiCacheStorage(HiCacheStorage):
             self._window["backup_pgs"].append(len(wire))
             self._window["backup_bandwidth"].append(len(written) * self.page_bytes / 1e9 / max(
                 time.perf_counter() - t0, 1e-9))
+        return ok
+
+    def _read(self, keys: List[str], read) -> List[bool]:
+        """Runs one batched read; a page counts only when all of it arrived."""
+        if not keys:
+            return []
+        t0 = time.perf_counter()
+        try:
+            sizes = read([self._key(k) for k in keys])
+        except MemKVError as exc:
+            log.error("memkv: reading %d pages failed (%s); reporting misses", len(keys), exc)
+            self._count_error()
+            return [False] * len(keys)
+        ok = [s == self.page_bytes for s in sizes]
+        self._count_reads(ok, t0)
         return ok
 
     def _count_error(self) -> None:

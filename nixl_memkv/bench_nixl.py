@@ -22,7 +22,7 @@ from rich.table import Table
 from .bench import raw_loopback_gbps, write_json
 from .client import Client
 from .config import ClientConfig, NodeConfig, format_size
-from .license import generate_issuer_key, issue_license
+from .license import write_throwaway_license
 from .node import MemKVNode
 
 PLUGIN_VS_CLIENT = 0.95
@@ -61,12 +61,7 @@ def run_bench_nixl(*, blocks: int = 16, block_size: int = 4 << 20, seconds: floa
             keys = [str(h) for h in hashes]
             c = Client(config=cfg)
             rows, outs = list(host), list(back)
-            pem, pub = generate_issuer_key()
-            lic = os.path.join(tmp, "minio.license")
-            with open(lic, "w") as f:
-                from datetime import datetime, timedelta, timezone
-                f.write(issue_license(pem, licensee="bench", plan="developer",
-                                      expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
+            lic, pub = write_throwaway_license(tmp, licensee="bench")
             agent = nixl_agent("bench-nixl", nixl_agent_config(enable_prog_thread=False, backends=["POSIX"]))
             agent.create_backend("MEMKV", {"servers": node.address, "auth_key": key.hex(), "license": lic,
                                            "license_pubkey": pub, "transport": "tcp"})

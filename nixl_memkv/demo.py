@@ -16,7 +16,6 @@ import logging
 import os
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from rich.console import Console
@@ -27,7 +26,7 @@ from .auth import generate_auth_key, parse_auth_key
 from .client import Client
 from .config import ClientConfig, NodeConfig, format_size
 from .errors import ConfigError
-from .license import generate_issuer_key, issue_license
+from .license import write_throwaway_license
 from .logs import setup_logging
 from .node import MemKVNode
 
@@ -65,11 +64,7 @@ class _Setup:
 
     def __init__(self, tmp: str):
         self.key_hex = generate_auth_key()
-        pem, self.pubkey = generate_issuer_key()
-        self.licence = os.path.join(tmp, "minio.license")
-        with open(self.licence, "w") as f:
-            f.write(issue_license(pem, licensee="memkv demo", plan="developer",
-                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
+        self.licence, self.pubkey = write_throwaway_license(tmp, licensee="memkv demo")
         self.node_cfg = NodeConfig(data_dir=os.path.join(tmp, "node"), host="127.0.0.1", port=0,
                                    auth_key=parse_auth_key(self.key_hex, "demo"), dram_capacity=1 << 30,
                                    disk_capacity=4 << 30)

@@ -422,3 +422,15 @@ def verify_license(
         max_nodes=payload["max_nodes"],
         issuer_key_id=payload["issuer_key_id"],
     )
+
+
+def write_throwaway_license(directory: str, licensee: str, plan: str = "developer",
+                            days: int = 1) -> tuple[str, str]:
+    """Issues a licence from a fresh issuer key into `directory` (demos,
+    benchmarks, tests): returns its path and the public key that verifies it."""
+    pem, pubkey = generate_issuer_key()
+    path = os.path.join(directory, "minio.license")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(issue_license(pem, licensee=licensee, plan=plan,
+                              expires_at=datetime.now(timezone.utc) + timedelta(days=days)))
+    return path, pubkey

@@ -129,8 +129,7 @@ def main() -> None:
 
     import lmcache_harness as H
     from nixl_memkv.auth import generate_auth_key
-    from nixl_memkv.license import generate_issuer_key, issue_license
-    from datetime import datetime, timedelta, timezone
+    from nixl_memkv.license import write_throwaway_license
 
     workdir = tempfile.mkdtemp(prefix="memkv-bench-lmcache-")
     procs: list[subprocess.Popen] = []
@@ -139,11 +138,7 @@ def main() -> None:
     cpu_gb = max(1.0, round(3 * args.chunks * 4 / 1024 + 0.25, 2))  # room for the store and a retrieve
     try:
         key = generate_auth_key()
-        pem, pub = generate_issuer_key()
-        lic = os.path.join(workdir, "minio.license")
-        with open(lic, "w") as f:
-            f.write(issue_license(pem, licensee="bench", plan="bench",
-                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
+        lic, pub = write_throwaway_license(workdir, licensee="bench")
         mport = free_port()
         node_env = dict(env, MEMKV_AUTH_KEY=key)
         procs.append(subprocess.Popen([sys.executable, "-P", "-m", "nixl_memkv", "server", "--data-dir",

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -34,7 +33,7 @@ import sglang_harness as S  # noqa: E402
 import torch  # noqa: E402
 
 from nixl_memkv.auth import generate_auth_key  # noqa: E402
-from nixl_memkv.license import generate_issuer_key, issue_license  # noqa: E402
+from nixl_memkv.license import write_throwaway_license  # noqa: E402
 
 GEOMETRY = dict(page=16, layers=8, heads=8, head_dim=64, layout="page_first")
 
@@ -83,11 +82,7 @@ def main() -> None:
     node = None
     try:
         key = generate_auth_key()
-        pem, pub = generate_issuer_key()
-        lic = os.path.join(workdir, "minio.license")
-        with open(lic, "w") as f:
-            f.write(issue_license(pem, licensee="bench", plan="bench",
-                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
+        lic, pub = write_throwaway_license(workdir, licensee="bench")
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKV_")}
         node = subprocess.Popen([sys.executable, "-P", "-m", "nixl_memkv", "server", "--data-dir",

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -19,19 +18,14 @@ import torchvision_cpu_shim  # noqa: F401  (sglang's imports reach torchvision; 
 
 from nixl_memkv import Client
 from nixl_memkv.auth import generate_auth_key
-from nixl_memkv.license import generate_issuer_key, issue_license
+from nixl_memkv.license import write_throwaway_license
 
 os.environ["LMCACHE_TRACK_USAGE"] = "false"
 
 
 def make_licence(directory: str, days: int = 30) -> tuple[str, str]:
     """A licence file and the issuer's public key that verifies it."""
-    pem, pub = generate_issuer_key()
-    path = os.path.join(directory, "minio.license")
-    with open(path, "w") as f:
-        f.write(issue_license(pem, licensee="tests", plan="enterprise",
-                              expires_at=datetime.now(timezone.utc) + timedelta(days=days)))
-    return path, pub
+    return write_throwaway_license(directory, licensee="tests", plan="enterprise", days=days)
 
 
 @pytest.fixture(scope="session")

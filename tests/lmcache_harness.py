@@ -112,6 +112,20 @@ class Engine:
         self.kv[:, :, :ntokens].copy_(data)
         return data
 
+    def keys(self, tokens: torch.Tensor) -> list:
+        """LMCache's own cache keys for a prompt, one per chunk."""
+        return [k for _, _, k in self.engine.token_database.process_tokens(tokens)]
+
+    def store_prompt(self, seed: int, ntokens: int, *, drain: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fills the KV buffer for prompt `seed`, stores it, and (by default)
+        waits until the plugin has written it. Returns (tokens, kv data)."""
+        tokens = tokens_for(seed, ntokens)
+        data = self.fill(seed, ntokens)
+        self.store(tokens)
+        if drain and self.plugin is not None:
+            assert self.plugin.drain(60)
+        return tokens, data
+
     def store(self, tokens: torch.Tensor) -> None:
         self.engine.store(tokens, mask=torch.ones(len(tokens), dtype=torch.bool))
 

@@ -75,10 +75,7 @@ def test_store_clear_lookup_retrieve_bit_exact(node, auth_key, licence, engine_f
     assert positions == sorted(positions), messages
     assert auth_key not in "\n".join(messages)
 
-    tokens = H.tokens_for(1, NTOKENS)
-    data = eng.fill(1, NTOKENS)
-    eng.store(tokens)
-    assert eng.plugin.drain(30)
+    tokens, data = eng.store_prompt(1, NTOKENS)
     assert eng.plugin.stats()["put_stored"] == NTOKENS // H.CHUNK
     eng.clear_local()
     assert eng.lookup(tokens) == NTOKENS
@@ -95,12 +92,8 @@ def test_store_clear_lookup_retrieve_bit_exact(node, auth_key, licence, engine_f
 
 def test_every_chunk_carries_its_layout_on_the_wire(node, auth_key, licence, engine_factory):
     eng = engine_factory(extra_for([node], auth_key, licence))
-    tokens = H.tokens_for(4, NTOKENS)
-    eng.fill(4, NTOKENS)
-    eng.store(tokens)
-    eng.plugin.drain(30)
-    key = eng.engine.token_database  # noqa: F841  (keys come from LMCache's own database)
-    keys = [k for _, _, k in eng.engine.token_database.process_tokens(tokens)]
+    tokens, _ = eng.store_prompt(4, NTOKENS)
+    keys = eng.keys(tokens)
     with Client([node.address], auth_key) as c:
         raw = c.get(fit_key(keys[0].to_string()))
     layout = chunk_header.decode(raw[:chunk_header.MAX_HEADER_LEN])
@@ -128,7 +121,7 @@ def test_async_put_is_visible_to_lookup_before_it_lands(node, auth_key, licence,
         t0 = time.monotonic()
         eng.store(tokens)
         assert time.monotonic() - t0 < 2.0, "store waited for the network"
-        assert eng.plugin.exists_in_put_tasks(next(iter(eng.engine.token_database.process_tokens(tokens)))[2])
+        assert eng.plugin.exists_in_put_tasks(eng.keys(tokens)[0])
         eng.clear_local()
         assert eng.lookup(tokens) == NTOKENS  # still queued: served from the queue
         n, got = eng.retrieve(tokens)
@@ -143,10 +136,7 @@ def test_async_put_is_visible_to_lookup_before_it_lands(node, auth_key, licence,
 
 def test_restore_of_the_same_prefix_is_deduplicated(node, auth_key, licence, engine_factory):
     eng = engine_factory(extra_for([node], auth_key, licence))
-    tokens = H.tokens_for(6, NTOKENS)
-    eng.fill(6, NTOKENS)
-    eng.store(tokens)
-    eng.plugin.drain(30)
+    tokens, _ = eng.store_prompt(6, NTOKENS)
     eng.clear_local()
     eng.store(tokens)  # LMCache re-stores without asking first
     eng.plugin.drain(30)
@@ -157,10 +147,7 @@ def test_restore_of_the_same_prefix_is_deduplicated(node, auth_key, licence, eng
 def test_two_replicas_share_chunks_across_a_cluster(cluster3, auth_key, licence, engine_factory):
     writer = engine_factory(extra_for(cluster3, auth_key, licence))
     reader = engine_factory(extra_for(list(reversed(cluster3)), auth_key, licence), local_cpu=True)
-    tokens = H.tokens_for(8, NTOKENS)
-    data = writer.fill(8, NTOKENS)
-    writer.store(tokens)
-    writer.plugin.drain(30)
+    tokens, data = writer.store_prompt(8, NTOKENS)
     assert reader.lookup(tokens) == NTOKENS
     n, got = reader.retrieve(tokens)
     assert n == NTOKENS and torch.equal(got, data)
@@ -171,10 +158,7 @@ def test_two_replicas_share_chunks_across_a_cluster(cluster3, auth_key, licence,
 def test_node_down_gives_misses_and_lmcache_keeps_serving(node, auth_key, licence, engine_factory, caplog):
     caplog.set_level(logging.ERROR, logger="memkv-client")
     eng = engine_factory(extra_for([node], auth_key, licence))
-    stored = H.tokens_for(9, NTOKENS)
-    data = eng.fill(9, NTOKENS)
-    eng.store(stored)
-    eng.plugin.drain(30)
+    stored, data = eng.store_prompt(9, NTOKENS)
     node.kill()
     # Chunks still in LMCache's own CPU tier keep serving.
     n, got = eng.retrieve(stored)
@@ -182,10 +166,7 @@ def test_node_down_gives_misses_and_lmcache_keeps_serving(node, auth_key, licenc
     eng.clear_local()
     assert eng.lookup(stored) == 0
     assert eng.retrieve(stored)[0] == 0
-    other = H.tokens_for(10, NTOKENS)
-    eng.fill(10, NTOKENS)
-    eng.store(other)  # must not raise
-    eng.plugin.drain(30)
+    other, _ = eng.store_prompt(10, NTOKENS)  # must not raise
     assert eng.plugin.stats()["put_failed"] >= NTOKENS // H.CHUNK
     assert eng.lookup(other) == NTOKENS  # LMCache's CPU tier still has it
     assert any("unreachable" in r.getMessage() or "cannot connect" in r.getMessage() for r in caplog.records)
@@ -194,11 +175,8 @@ def test_node_down_gives_misses_and_lmcache_keeps_serving(node, auth_key, licenc
 def test_long_keys_collapse_to_a_digest(node, auth_key, licence, engine_factory):
     model = "org/" + "very-long-model-name-" * 25
     eng = engine_factory(extra_for([node], auth_key, licence), model=model)
-    tokens = H.tokens_for(11, NTOKENS)
-    data = eng.fill(11, NTOKENS)
-    eng.store(tokens)
-    eng.plugin.drain(30)
-    key = next(iter(eng.engine.token_database.process_tokens(tokens)))[2].to_string()
+    tokens, data = eng.store_prompt(11, NTOKENS)
+    key = eng.keys(tokens)[0].to_string()
     assert len(key.encode()) > 480
     wire = fit_key(key)
     assert wire.startswith(b"memkv-h2:") and len(wire) == len("memkv-h2:") + 64
@@ -212,7 +190,7 @@ def test_long_keys_collapse_to_a_digest(node, auth_key, licence, engine_factory)
 def test_value_that_is_not_a_chunk_reads_as_a_miss(node, auth_key, licence, engine_factory, caplog):
     eng = engine_factory(extra_for([node], auth_key, licence))
     tokens = H.tokens_for(12, NTOKENS)
-    keys = [k for _, _, k in eng.engine.token_database.process_tokens(tokens)]
+    keys = eng.keys(tokens)
     with Client([node.address], auth_key) as c:
         c.put(fit_key(keys[0].to_string()), b"not an LMCache chunk" * 10)
     assert eng.lookup(tokens) == H.CHUNK  # present on the node...
@@ -282,7 +260,7 @@ def test_sync_put_mode_and_remove(node, auth_key, licence, engine_factory):
     eng.fill(15, NTOKENS)
     eng.store(tokens)
     assert eng.plugin.stats()["put_stored"] == NTOKENS // H.CHUNK  # written before store() returned
-    keys = [k for _, _, k in eng.engine.token_database.process_tokens(tokens)]
+    keys = eng.keys(tokens)
     assert eng.plugin.pin(keys[0]) and eng.plugin.unpin(keys[0]) and not eng.plugin.unpin(keys[0])
     assert eng.plugin.batched_remove(keys[2:]) == 2
     eng.clear_local()
@@ -312,12 +290,9 @@ def test_fit_key_keeps_short_keys_and_digests_long_ones():
 def test_async_loading_methods(node, auth_key, licence, engine_factory):
     import asyncio
     eng = engine_factory(extra_for([node], auth_key, licence))
-    tokens = H.tokens_for(16, NTOKENS)
-    data = eng.fill(16, NTOKENS)
-    eng.store(tokens)
-    eng.plugin.drain(30)
-    keys = [k for _, _, k in eng.engine.token_database.process_tokens(tokens)]
-    missing = [k for _, _, k in eng.engine.token_database.process_tokens(H.tokens_for(17, NTOKENS))]
+    tokens, data = eng.store_prompt(16, NTOKENS)
+    keys = eng.keys(tokens)
+    missing = eng.keys(H.tokens_for(17, NTOKENS))
     assert asyncio.run(eng.plugin.batched_async_contains("l1", keys + missing)) == len(keys)
     objs = asyncio.run(eng.plugin.batched_get_non_blocking("l1", keys[:2] + missing[:1] + keys[2:]))
     assert len(objs) == 2  # the leading run only; the rest were released
