@@ -69,6 +69,18 @@ def child(tier: str, yaml_path: str, rounds: int, chunks: int) -> dict:
     remote = [b for name, b in eng.storage_manager.storage_backends.items() if name != "LocalCPUBackend"]
     if tier != "local-cpu" and not remote:
         raise SystemExit(f"tier {tier}: LMCache did not load its remote backend (see its log above)")
+    in_plugin = [0.0]
+    plugin = eng.plugin
+    if plugin is not None:  # time spent inside our plugin, apart from LMCache's own work
+        inner = plugin.batched_get_blocking
+
+        def timed(keys):
+            t = time.perf_counter()
+            try:
+                return inner(keys)
+            finally:
+                in_plugin[0] += time.perf_counter() - t
+        plugin.batched_get_blocking = timed
     rows = []
     for r in range(rounds + 1):  # round 0 warms up allocators and connections
         tokens = H.tokens_for(1000 + r, ntokens)
@@ -85,6 +97,7 @@ def child(tier: str, yaml_path: str, rounds: int, chunks: int) -> dict:
         t0 = time.perf_counter()
         hit = eng.lookup(tokens)
         t_lookup = time.perf_counter() - t0
+        in_plugin[0] = 0.0
         t0 = time.perf_counter()
         n, got = eng.retrieve(tokens)
         t_retrieve = time.perf_counter() - t0
@@ -93,7 +106,7 @@ def child(tier: str, yaml_path: str, rounds: int, chunks: int) -> dict:
                              f"(bit-exact: {torch.equal(got, data)})")
         if r:
             rows.append({"store_ms": t_store * 1e3, "ack_ms": t_ack * 1e3, "lookup_ms": t_lookup * 1e3,
-                         "retrieve_ms": t_retrieve * 1e3})
+                         "retrieve_ms": t_retrieve * 1e3, "retrieve_in_plugin_ms": in_plugin[0] * 1e3})
     result = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
     print("RESULT " + json.dumps(result), flush=True)
     # LMCache 0.5.6's redis connector can hang in close(); the figures are out.
@@ -129,6 +142,7 @@ def main() -> None:
 
     import lmcache_harness as H
     from nixl_memkv.auth import generate_auth_key
+    from nixl_memkv.bench import raw_loopback_gbps
     from nixl_memkv.license import write_throwaway_license
 
     workdir = tempfile.mkdtemp(prefix="memkv-bench-lmcache-")
@@ -168,8 +182,10 @@ def main() -> None:
         else:
             print("redis-server not installed (apt-get install redis-server): redis tier skipped", file=sys.stderr)
         results = {}
+        raw = []
         for tier, text in tiers.items():
             print(f"running {tier} ...", file=sys.stderr, flush=True)
+            raw.append(raw_loopback_gbps(1.0, working_set=64 << 20))
             results[tier] = run_tier(tier, text, workdir, args.rounds, args.chunks, env)
     finally:
         for p in procs:
@@ -189,6 +205,15 @@ def main() -> None:
         print(f"{tier:<10} {r['store_ms']:9.1f} {r['ack_ms']:9.1f} {r['lookup_ms']:10.2f} {r['retrieve_ms']:12.1f} "
               f"{gbps:14.2f}")
     floor, ours = results["local-cpu"], results["memkv"]
+    raw_gbps = statistics.median(raw)
+    fetch_ms = ours["retrieve_ms"] - floor["retrieve_ms"]
+    socket_ms = mib / 1024 * 1.073741824 / raw_gbps * 1e3
+    print(f"\nraw loopback socket, one stream (median of {len(raw)} samples in this run): {raw_gbps:.2f} GB/s; "
+          f"moving {mib} MiB through it takes {socket_ms:.0f} ms.")
+    print(f"memkv retrieve minus the local-cpu floor: {fetch_ms:.0f} ms ({socket_ms / max(fetch_ms, 1e-9):.2f}x "
+          "the raw socket's speed)")
+    print(f"time inside the memkv plugin per retrieve: {ours['retrieve_in_plugin_ms']:.0f} ms "
+          f"({socket_ms / max(ours['retrieve_in_plugin_ms'], 1e-9):.2f}x the raw socket's speed)")
     checks = [("memkv retrieve / local-cpu retrieve", ours["retrieve_ms"] / floor["retrieve_ms"], 1.5, "<="),
               ("memkv store / local-cpu store", ours["store_ms"] / floor["store_ms"], 1.2, "<=")]
     for peer in ("lm", "redis"):

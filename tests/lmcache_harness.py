@@ -60,9 +60,10 @@ class CpuKVConnector(GPUConnectorInterface):
 
 
 def config_yaml(*, extra: dict[str, str], local_cpu: bool = True, cpu_gb: float = 1.0,
-                plugin: bool = True, remote_url: str | None = None) -> str:
+                plugin: bool = True, remote_url: str | None = None, settings: dict | None = None) -> str:
     lines = [f"chunk_size: {CHUNK}", f"local_cpu: {'True' if local_cpu else 'False'}",
              f"max_local_cpu_size: {cpu_gb}"]
+    lines += [f"{k}: {v}" for k, v in (settings or {}).items()]
     if plugin:
         lines.append("storage_plugins: memkv")
     if remote_url:

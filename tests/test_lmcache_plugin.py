@@ -302,3 +302,17 @@ def test_async_loading_methods(node, auth_key, licence, engine_factory):
     obj = eng.plugin.get_non_blocking(keys[3]).result(30)
     assert torch.equal(obj.tensor, data[:, :, 3 * H.CHUNK:])
     obj.ref_count_down()
+
+
+def test_partial_last_chunk_round_trips_warm_and_cold(node, auth_key, licence, engine_factory):
+    eng = engine_factory(extra_for([node], auth_key, licence), settings={"save_unfull_chunk": "True"})
+    ntokens = 3 * H.CHUNK + 132
+    tokens, data = eng.store_prompt(18, ntokens)
+    assert eng.plugin.stats()["put_stored"] == 4
+    for cold in (False, True):
+        if cold:
+            eng.plugin._layouts.clear()  # as in a fresh process: every header is read from MemKV
+        eng.clear_local()
+        assert eng.lookup(tokens) == ntokens
+        n, got = eng.retrieve(tokens)
+        assert n == ntokens and torch.equal(got[:, :, :ntokens], data)
