@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -248,7 +247,7 @@ class MemKVStorageBackend(StoragePluginInterface):
         for i, w in enumerate(wire):
             item = self._queue.pending(w)
             if item is not None and not item.cancelled:
-                out[i] = self._copy_pending(item, busy_loop)
+                out[i] = self._copy_pending(w, item, busy_loop)
                 if out[i] is not None:
                     continue
             layouts[i] = self._known_layout(w)
@@ -339,12 +338,13 @@ class MemKVStorageBackend(StoragePluginInterface):
             obj.set_used_size(layout.payload_len)
         return obj
 
-    def _copy_pending(self, item: PutItem, busy_loop: bool) -> Optional[MemoryObj]:
-        """A chunk still in the put queue is served from its source buffer."""
-        layout = chunk_header.decode(item.header)
-        obj = self._allocate(layout, busy_loop)
-        if obj is not None:
-            ctypes.memmove(obj.data_ptr, item.ptr, item.length)
+    def _copy_pending(self, key: bytes, item: PutItem, busy_loop: bool) -> Optional[MemoryObj]:
+        """A chunk still in the put queue is served from its source buffer
+        (None if it was written meanwhile: then it is read from MemKV)."""
+        obj = self._allocate(chunk_header.decode(item.header), busy_loop)
+        if obj is not None and not self._queue.copy_pending(key, obj.data_ptr, item.length):
+            obj.ref_count_down()
+            obj = None
         return obj
 
     # -- pins, removal ----------------------------------------------------------------

@@ -13,6 +13,7 @@ thread; they are logged and counted. `close()` drains what was accepted.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import threading
 import time
@@ -119,6 +120,17 @@ class PutQueue:
         with self._cv:
             return self._pending.get(key)
 
+    def copy_pending(self, key: bytes, dst: int, length: int) -> bool:
+        """Copies a still-queued chunk's payload to `dst`. Runs under the
+        queue's lock: the writer unlists an item under it before releasing
+        its buffer, so the source cannot be freed mid-copy."""
+        with self._cv:
+            it = self._pending.get(key)
+            if it is None or it.cancelled or it.length != length:
+                return False
+            ctypes.memmove(dst, it.ptr, length)
+            return True
+
     def is_pending(self, key: bytes) -> bool:
         with self._cv:
             return key in self._pending
@@ -190,24 +202,25 @@ class PutQueue:
         except Exception:  # noqa: BLE001 - the writer thread must survive anything
             log.exception("memkv put of %d chunks failed unexpectedly", len(live))
         finally:
+            for it in items:
+                if it.cancelled:
+                    self.stats.cancelled += 1
+                elif not ok[id(it)]:
+                    self.stats.failed += 1
+            with self._cv:  # unlist before release: copy_pending must never see a freed buffer
+                for it in items:
+                    if self._pending.get(it.key) is it:
+                        del self._pending[it.key]
+                self._cv.notify_all()
             for b in batches:
                 stored = 0
                 for it in b.items:
                     done = ok[id(it)] and not it.cancelled
                     stored += done
-                    if it.cancelled:
-                        self.stats.cancelled += 1
-                    elif not done:
-                        self.stats.failed += 1
                     if b.on_done is not None:
                         try:
                             b.on_done(it, done)
                         except Exception:  # noqa: BLE001 - a host callback must not stop the writer
                             log.exception("memkv put completion callback failed")
                     it.release()
-                with self._cv:
-                    for it in b.items:
-                        if self._pending.get(it.key) is it:
-                            del self._pending[it.key]
-                    self._cv.notify_all()
                 b.future.set_result(stored)
