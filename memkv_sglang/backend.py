@@ -45,6 +45,7 @@ from nixl_memkv.plugin_startup import start_plugin
 log = logging.getLogger("memkv-client")
 
 PREFIX = "memkv."
+TRACKED_PAGES = 1 << 18  # pages clear() can remove
 # sglang's own keys in the same extra_config dict.
 SGLANG_KEYS = frozenset({"backend_name", "module_path", "class_name", "interface_v1", "tp_lcm_size",
                          "prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token",
@@ -105,7 +106,9 @@ class MemKVHiCacheStorage(HiCacheStorage):
         self._format = ""
         self.page_bytes = 0
         self.mem_pool_host = None
-        self._written: set[bytes] = set()   # for clear(): the cluster cannot list keys
+        # For clear() (the cluster cannot list keys): the most recent pages
+        # this process wrote, bounded so a long-running server does not grow.
+        self._written: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.counters: collections.Counter = collections.Counter()
         self._window = {"prefetch_pgs": [], "backup_pgs": [], "prefetch_bandwidth": [], "backup_bandwidth": []}
@@ -234,7 +237,10 @@ class MemKVHiCacheStorage(HiCacheStorage):
             self._count_error()
             return ok
         with self._lock:
-            self._written.update(wire[i] for i in written)
+            for i in written:
+                self._written[wire[i]] = None
+            while len(self._written) > TRACKED_PAGES:
+                self._written.popitem(last=False)
             self.counters["pages_written"] += len(written)
             self.counters["pages_already_stored"] += len(wire) - len(todo)
             self.counters["bytes_written"] += len(written) * self.page_bytes
@@ -292,10 +298,11 @@ class MemKVHiCacheStorage(HiCacheStorage):
         return metrics
 
     def clear(self) -> None:
-        """Removes the pages this process backed up. Pages other replicas
-        stored stay: the cluster has no listing to find them by."""
+        """Removes the pages this process backed up (the most recent
+        TRACKED_PAGES). Pages other replicas stored stay: the cluster has no
+        listing to find them by; its LRU ages them out."""
         with self._lock:
-            keys, self._written = list(self._written), set()
+            keys, self._written = list(self._written), collections.OrderedDict()
         if not keys:
             return
         try:
