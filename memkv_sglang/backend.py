@@ -38,7 +38,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from nixl_memkv.client import Client
 from nixl_memkv.config import client_setting_names
-from nixl_memkv.errors import BatchError, ConfigError, MemKVError
+from nixl_memkv.errors import BatchError, MemKVError
 from nixl_memkv.keys import fit_key
 from nixl_memkv.plugin_startup import start_plugin
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 
 os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
 

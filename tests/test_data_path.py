@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from nixl_memkv import BatchError, Client, KeyTooLong, ServerError
+from nixl_memkv import BatchError, KeyTooLong, ServerError
 from nixl_memkv._client import crc32c
 
 

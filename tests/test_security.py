@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from nixl_memkv import AuthError, Client, ConfigError
-from nixl_memkv._client import _RawSession, crc32c
+from nixl_memkv._client import _RawSession
 from nixl_memkv.auth import generate_auth_key
 
 PUT, GET = 0x01, 0x02

@@ -20,7 +20,6 @@ import torch  # noqa: E402
 
 import sglang_harness as S  # noqa: E402
 from memkv_sglang.backend import MemKVHiCacheStorage  # noqa: E402
-from nixl_memkv import Client  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HERE = os.path.dirname(os.path.abspath(__file__))
