@@ -199,6 +199,8 @@ cdef uint8_t* _alloc_bytes(void* ctx, uint64_t size) noexcept with gil:
 cdef class NativeClient:
     cdef unique_ptr[Client] c
     cdef readonly list servers
+    cdef int _busy       # calls running with the GIL released
+    cdef bint _closed
 
     def __cinit__(self, list servers, bytes auth_key, int num_connections, int connect_timeout_ms, int op_timeout_ms):
         """servers: list of (name, host, port); name is the routing identity."""
@@ -218,7 +220,11 @@ cdef class NativeClient:
 
     def route(self, key):
         cdef bytes b = _key_bytes(key)
-        return self.c.get().route(string_view(PyBytes_AS_STRING(b), len(b)))
+        cdef Client* cl = self._use()
+        try:
+            return cl.route(string_view(PyBytes_AS_STRING(b), len(b)))
+        finally:
+            self._done()
 
     def put(self, key, value):
         cdef bytes b = _key_bytes(key)
@@ -227,16 +233,24 @@ cdef class NativeClient:
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef void* p = v.ptrs[0]
         cdef uint64_t n = v.lens[0]
-        with nogil:
-            self.c.get().put(k, p, n)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.put(k, p, n)
+        finally:
+            self._done()
 
     def get(self, key):
         cdef bytes b = _key_bytes(key)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef list out = []
         cdef int64_t r
-        with nogil:
-            r = get_alloc_c(self.c.get()[0], k, _alloc_bytes, <void*>out)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                r = get_alloc_c(cl[0], k, _alloc_bytes, <void*>out)
+        finally:
+            self._done()
         if r < 0:
             return None
         return out[0]
@@ -249,24 +263,36 @@ cdef class NativeClient:
         cdef void* p = v.ptrs[0]
         cdef uint64_t n = v.lens[0]
         cdef int64_t r
-        with nogil:
-            r = self.c.get().get_into(k, p, n)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                r = cl.get_into(k, p, n)
+        finally:
+            self._done()
         return None if r < 0 else r
 
     def exists(self, key):
         cdef bytes b = _key_bytes(key)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef int64_t r
-        with nogil:
-            r = self.c.get().exists(k)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                r = cl.exists(k)
+        finally:
+            self._done()
         return None if r < 0 else r
 
     def remove(self, key):
         cdef bytes b = _key_bytes(key)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef cbool r
-        with nogil:
-            r = self.c.get().remove(k)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                r = cl.remove(k)
+        finally:
+            self._done()
         return r
 
     def stat(self, key):
@@ -274,8 +300,12 @@ cdef class NativeClient:
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef ObjectStat st
         cdef cbool found
-        with nogil:
-            found = self.c.get().stat(k, &st)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                found = cl.stat(k, &st)
+        finally:
+            self._done()
         if not found:
             return None
         return {"size": st.size, "crc32c": st.crc, "in_dram": st.in_dram, "on_disk": st.on_disk,
@@ -283,8 +313,12 @@ cdef class NativeClient:
 
     def ping(self, size_t server):
         cdef string r
-        with nogil:
-            r = self.c.get().ping(server)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                r = cl.ping(server)
+        finally:
+            self._done()
         return r.decode()
 
     def put_part(self, key, uint64_t upload_id, uint64_t total, uint64_t offset, value):
@@ -295,15 +329,23 @@ cdef class NativeClient:
         cdef void* p = v.ptrs[0]
         cdef uint64_t n = v.lens[0]
         cdef cbool done
-        with nogil:
-            done = self.c.get().put_part(k, upload_id, total, offset, p, n)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                done = cl.put_part(k, upload_id, total, offset, p, n)
+        finally:
+            self._done()
         return done
 
     def abort_part(self, key, uint64_t upload_id):
         cdef bytes b = _key_bytes(key)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
-        with nogil:
-            self.c.get().abort_part(k, upload_id)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.abort_part(k, upload_id)
+        finally:
+            self._done()
 
     def batch_put(self, list keys, list values):
         """Returns (statuses, errors): a wire status per key, messages per failed node."""
@@ -318,8 +360,12 @@ cdef class NativeClient:
             ptrs.push_back(v.ptrs[i])
         cdef vector[int] st
         cdef vector[string] errs
-        with nogil:
-            self.c.get().batch_put(ks.views, ptrs, v.lens, &st, &errs)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.batch_put(ks.views, ptrs, v.lens, &st, &errs)
+        finally:
+            self._done()
         return list(st), [e.decode() for e in errs]
 
     def batch_get_into(self, list keys, list buffers):
@@ -331,24 +377,36 @@ cdef class NativeClient:
         v.acquire(buffers, True)
         cdef vector[int64_t] res
         cdef vector[string] errs
-        with nogil:
-            self.c.get().batch_get_into(ks.views, v.ptrs, v.lens, &res, &errs)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.batch_get_into(ks.views, v.ptrs, v.lens, &res, &errs)
+        finally:
+            self._done()
         return list(res), [e.decode() for e in errs]
 
     def batch_exists(self, list keys):
         cdef _Keys ks = _Keys(keys)
         cdef vector[int64_t] res
         cdef vector[string] errs
-        with nogil:
-            self.c.get().batch_exists(ks.views, &res, &errs)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.batch_exists(ks.views, &res, &errs)
+        finally:
+            self._done()
         return list(res), [e.decode() for e in errs]
 
     def batch_remove(self, list keys):
         cdef _Keys ks = _Keys(keys)
         cdef vector[int] st
         cdef vector[string] errs
-        with nogil:
-            self.c.get().batch_remove(ks.views, &st, &errs)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.batch_remove(ks.views, &st, &errs)
+        finally:
+            self._done()
         return list(st), [e.decode() for e in errs]
 
     def batch_put_segments(self, list keys, list seglists):
@@ -364,8 +422,12 @@ cdef class NativeClient:
         _fill_segments(seglists, &segs, v, False)
         cdef vector[int] st
         cdef vector[string] errs
-        with nogil:
-            self.c.get().batch_put_segments(ks.views, segs, &st, &errs)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.batch_put_segments(ks.views, segs, &st, &errs)
+        finally:
+            self._done()
         return list(st), [e.decode() for e in errs]
 
     def batch_get_segments(self, list keys, list seglists):
@@ -381,14 +443,40 @@ cdef class NativeClient:
         _fill_segments(seglists, &segs, v, True)
         cdef vector[int64_t] res
         cdef vector[string] errs
-        with nogil:
-            self.c.get().batch_get_segments(ks.views, segs, &res, &errs)
+        cdef Client* cl = self._use()
+        try:
+            with nogil:
+                cl.batch_get_segments(ks.views, segs, &res, &errs)
+        finally:
+            self._done()
         return list(res), [e.decode() for e in errs]
 
     def close(self):
-        if self.c.get() != NULL:
+        """Closes idle connections and refuses new calls. Calls still in
+        flight finish on their connections; the native client is freed when
+        the last of them returns."""
+        if self._closed:
+            return
+        self._closed = True
+        cdef Client* cl = self.c.get()
+        if cl != NULL:
             with nogil:
-                self.c.get().close()
+                cl.close()
+            if self._busy == 0:
+                self.c.reset()
+
+    cdef Client* _use(self) except NULL:
+        # Under the GIL: counts calls that will run with it released, so
+        # close() never frees the client beneath one.
+        if self._closed or self.c.get() == NULL:
+            from nixl_memkv.errors import ConnectionFailed
+            raise ConnectionFailed("this MemKV client is closed")
+        self._busy += 1
+        return self.c.get()
+
+    cdef void _done(self):
+        self._busy -= 1
+        if self._closed and self._busy == 0:
             self.c.reset()
 
 

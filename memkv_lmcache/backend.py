@@ -30,6 +30,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -51,6 +52,9 @@ log = logging.getLogger("memkv-client")
 
 EXTRA_CONFIG_PREFIX = "memkv."
 _LAYOUT_CACHE_ENTRIES = 1 << 18
+# A blocking retrieve waits this long for room in LMCache's CPU pool (stores
+# in flight free it); LMCache's own busy loop would wait forever.
+ALLOC_WAIT_S = 5.0
 
 
 def _positive_int(label: str, value: Any) -> int:
@@ -116,7 +120,9 @@ class MemKVStorageBackend(StoragePluginInterface):
         self._layouts: collections.OrderedDict[bytes, ChunkLayout] = collections.OrderedDict()
         self._interned: dict[ChunkLayout, ChunkLayout] = {}
         self._lock = threading.Lock()
-        self._pins: collections.Counter[bytes] = collections.Counter()
+        # Pins do nothing on MemKV; they are counted only so unpin() answers
+        # truthfully, and bounded: LMCache's async lookups pin without unpinning.
+        self._pins: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="memkv-load")
         self._closed = False
         self.counters = collections.Counter()
@@ -175,7 +181,10 @@ class MemKVStorageBackend(StoragePluginInterface):
         if pin:
             with self._lock:
                 for k in wire[:hits]:
-                    self._pins[k] += 1
+                    self._pins[k] = self._pins.get(k, 0) + 1
+                    self._pins.move_to_end(k)
+                while len(self._pins) > _LAYOUT_CACHE_ENTRIES:
+                    self._pins.popitem(last=False)
         return hits
 
     async def batched_async_contains(self, lookup_id: str, keys: List, pin: bool = False) -> int:
@@ -187,8 +196,13 @@ class MemKVStorageBackend(StoragePluginInterface):
     # -- stores -----------------------------------------------------------------------
     def batched_submit_put_task(self, keys: Sequence, objs: List[MemoryObj], transfer_spec: Any = None,
                                 on_complete_callback: Optional[Callable] = None) -> Optional[List[Future]]:
-        items = []
-        for key, obj in zip(keys, objs, strict=True):
+        """Queues the chunks and returns at once. Never raises into LMCache's
+        store path (that would skip its own reference releases)."""
+        if len(keys) != len(objs):
+            log.error("memkv: put of %d keys with %d objects ignored", len(keys), len(objs))
+            return None
+        items, by_wire = [], {}
+        for key, obj in zip(keys, objs):
             wire = self._key(key)
             try:
                 layout = layout_of(obj)
@@ -199,16 +213,20 @@ class MemKVStorageBackend(StoragePluginInterface):
                 continue
             obj.ref_count_up()  # LMCache releases its reference when we return
             items.append(PutItem(wire, header, obj.data_ptr, layout.payload_len, release=obj.ref_count_down))
+            by_wire[wire] = key
             self._remember(wire, layout)
         if not items:
             return None
-        by_wire = {self._key(k): k for k in keys}
 
         def done(item: PutItem, stored: bool) -> None:
             if stored and on_complete_callback is not None:
                 on_complete_callback(by_wire[item.key])
 
-        future = self._queue.submit(items, done)
+        try:
+            future = self._queue.submit(items, done)  # releases every item it does not accept
+        except MemKVError as exc:
+            log.error("memkv: %d chunks not stored: %s", len(items), exc)
+            return None
         return [future] if future is not None else None
 
     # -- retrieves --------------------------------------------------------------------
@@ -216,12 +234,12 @@ class MemKVStorageBackend(StoragePluginInterface):
         return self.batched_get_blocking([key])[0]
 
     def get_non_blocking(self, key, location: Optional[str] = None) -> Optional[Future]:
-        return self._loader.submit(self.get_blocking, key)
+        return self._loader.submit(lambda: self._get_many([key], wait_s=0.0)[0])
 
     async def batched_get_non_blocking(self, lookup_id: str, keys: list, transfer_spec: Any = None
                                        ) -> list[MemoryObj]:
         objs = await asyncio.get_running_loop().run_in_executor(
-            self._loader, lambda: self._get_many(keys, busy_loop=False))
+            self._loader, lambda: self._get_many(keys, wait_s=0.0))
         # Prefix semantics: the leading run of hits is the answer.
         out: list[MemoryObj] = []
         for obj in objs:
@@ -234,45 +252,54 @@ class MemKVStorageBackend(StoragePluginInterface):
         return out
 
     def batched_get_blocking(self, keys: List) -> List[Optional[MemoryObj]]:
-        return self._get_many(keys, busy_loop=True)
+        return self._get_many(keys, wait_s=ALLOC_WAIT_S)
 
-    def _get_many(self, keys: List, *, busy_loop: bool) -> List[Optional[MemoryObj]]:
+    def _get_many(self, keys: List, *, wait_s: float) -> List[Optional[MemoryObj]]:
+        """Reads a batch; a list of objects (each with one reference for the
+        caller) or None per key. Only the first allocation may wait for room
+        in LMCache's CPU pool (up to wait_s): waiting while holding part of a
+        batch could deadlock against other retrieves, so once one allocation
+        fails the rest of the batch is a miss."""
         if self.local_cpu_backend is None:
             raise MemKVError("MemKVStorageBackend cannot retrieve without LMCache's local CPU backend "
                              "(scheduler role); only lookups are available here")
         wire = [self._key(k) for k in keys]
         out: List[Optional[MemoryObj]] = [None] * len(keys)
-        layouts: list[Optional[ChunkLayout]] = [None] * len(keys)
-        cold = []
-        for i, w in enumerate(wire):
-            item = self._queue.pending(w)
-            if item is not None and not item.cancelled:
-                out[i] = self._copy_pending(w, item, busy_loop)
-                if out[i] is not None:
+        objs: dict[int, MemoryObj] = {}
+        try:
+            layouts: list[Optional[ChunkLayout]] = [None] * len(keys)
+            cold = []
+            for i, w in enumerate(wire):
+                item = self._queue.pending(w)
+                if item is not None and not item.cancelled:
+                    out[i] = self._copy_pending(w, item, wait_s if not any(out) else 0.0)
+                    if out[i] is not None:
+                        continue
+                layouts[i] = self._known_layout(w)
+                if layouts[i] is None:
+                    cold.append(i)
+            if cold:
+                self._probe_layouts([wire[i] for i in cold], cold, layouts)
+            for i in range(len(keys)):
+                if out[i] is not None or layouts[i] is None:
                     continue
-            layouts[i] = self._known_layout(w)
-            if layouts[i] is None:
-                cold.append(i)
-        if cold:
-            self._probe_layouts([wire[i] for i in cold], cold, layouts)
-        todo = [i for i in range(len(keys)) if out[i] is None and layouts[i] is not None]
-        objs = {}
-        for i in todo:
-            try:
-                obj = self._allocate(layouts[i], busy_loop)
-            except (HeaderError, KeyError) as exc:
-                log.warning("memkv: chunk %r cannot be rebuilt here (%s); treated as a miss", wire[i], exc)
-                self._count("bad_chunks", 1)
-                self._forget(wire[i])
-                continue
-            if obj is None:
-                log.warning("memkv: LMCache's CPU pool has no room for chunk %d of %d; retrieving the rest as misses",
-                            i, len(keys))
-                self._count("alloc_failures", 1)
-                break
-            objs[i] = obj
-        if objs:
-            self._read_payloads(wire, layouts, objs, out)
+                obj = self._allocate(layouts[i], wait_s if not objs and not any(out) else 0.0)
+                if obj is None:
+                    log.warning("memkv: LMCache's CPU pool has no room for chunk %d of %d; the rest of the batch "
+                                "is a miss", i + 1, len(keys))
+                    self._count("alloc_failures", 1)
+                    break
+                objs[i] = obj
+            if objs:
+                self._read_payloads(wire, layouts, objs, out)
+        except Exception:
+            # Nothing allocated here may outlive a failed call.
+            held = {id(o): o for o in [*objs.values(), *out] if o is not None}
+            for obj in held.values():
+                obj.ref_count_down()
+            log.exception("memkv: retrieving %d chunks failed; reporting misses", len(keys))
+            self._count("get_errors", 1)
+            return [None] * len(keys)
         hits = sum(o is not None for o in out)
         self._count("get_hits", hits)
         self._count("get_misses", len(keys) - hits)
@@ -323,25 +350,37 @@ class MemKVStorageBackend(StoragePluginInterface):
                 self._forget(wire[i])
             objs[i].ref_count_down()
 
-    def _allocate(self, layout: ChunkLayout, busy_loop: bool) -> Optional[MemoryObj]:
-        shapes = [torch.Size(s) for s in layout.shapes]
-        dtypes = [_torch_dtype(d) for d in layout.dtypes]
-        fmt = MemoryFormat[layout.fmt]
-        if len(shapes) == 1:
-            obj = self.local_cpu_backend.allocate(shapes[0], dtypes[0], fmt, busy_loop=busy_loop)
-        else:
-            obj = self.local_cpu_backend.allocate(shapes, dtypes, fmt, busy_loop=busy_loop)
+    def _allocate(self, layout: ChunkLayout, wait_s: float) -> Optional[MemoryObj]:
+        """An object of the chunk's layout from LMCache's CPU pool, or None
+        (no room within wait_s, or a layout that cannot be rebuilt here)."""
+        try:
+            shapes = [torch.Size(s) for s in layout.shapes]
+            dtypes = [_torch_dtype(d) for d in layout.dtypes]
+            fmt = MemoryFormat[layout.fmt]
+            capacity = sum(sh.numel() * dt.itemsize for sh, dt in zip(shapes, dtypes))
+            if layout.payload_len > capacity:
+                raise HeaderError(f"payload of {layout.payload_len} bytes exceeds its shapes ({capacity} bytes)")
+        except (HeaderError, KeyError) as exc:
+            log.warning("memkv: a chunk cannot be rebuilt here (%s); treated as a miss", exc)
+            self._count("bad_chunks", 1)
+            return None
+        one = len(shapes) == 1
+        deadline = time.monotonic() + wait_s
+        while True:
+            # Never LMCache's own busy loop: it has no time limit.
+            obj = self.local_cpu_backend.allocate(shapes[0] if one else shapes, dtypes[0] if one else dtypes, fmt,
+                                                  busy_loop=False)
+            if obj is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
         if obj is not None and obj.get_size() != layout.payload_len:
-            if layout.payload_len > obj.get_physical_size():
-                obj.ref_count_down()
-                raise HeaderError("chunk payload is larger than its shapes allow")
             obj.set_used_size(layout.payload_len)
         return obj
 
-    def _copy_pending(self, key: bytes, item: PutItem, busy_loop: bool) -> Optional[MemoryObj]:
+    def _copy_pending(self, key: bytes, item: PutItem, wait_s: float) -> Optional[MemoryObj]:
         """A chunk still in the put queue is served from its source buffer
         (None if it was written meanwhile: then it is read from MemKV)."""
-        obj = self._allocate(chunk_header.decode(item.header), busy_loop)
+        obj = self._allocate(chunk_header.decode(item.header), wait_s)
         if obj is not None and not self._queue.copy_pending(key, obj.data_ptr, item.length):
             obj.ref_count_down()
             obj = None
@@ -357,11 +396,13 @@ class MemKVStorageBackend(StoragePluginInterface):
     def unpin(self, key) -> bool:
         wire = self._key(key)
         with self._lock:
-            if self._pins[wire] <= 0:
+            count = self._pins.get(wire, 0)
+            if count <= 0:
                 return False
-            self._pins[wire] -= 1
-            if not self._pins[wire]:
+            if count == 1:
                 del self._pins[wire]
+            else:
+                self._pins[wire] = count - 1
             return True
 
     def remove(self, key, force: bool = True) -> bool:

@@ -54,6 +54,7 @@ def item_for(key: bytes, obj, release: Callable[[], None] = lambda: None) -> Put
 @dataclass
 class WriteOutcome:
     stored: list[bool]        # per item: the cluster holds it now
+    sent: list[bool]          # per item: written by this call (not already there)
     written: int = 0          # items actually sent
     already_present: int = 0  # skipped: the cluster had them at the same size
     bytes_written: int = 0
@@ -63,7 +64,7 @@ def write_chunks(client: Client, items: Sequence[PutItem]) -> WriteOutcome:
     """One batched exists (re-stores of shared prefixes cost a few bytes),
     then one gathered batch put of the rest. Raises only when the cluster
     could not be asked at all; per-item failures are in the outcome."""
-    out = WriteOutcome([False] * len(items))
+    out = WriteOutcome([False] * len(items), [False] * len(items))
     sizes = client.batch_sizes([it.key for it in items], allow_partial=True)
     todo = []
     for i, (it, size) in enumerate(zip(items, sizes)):
@@ -84,7 +85,7 @@ def write_chunks(client: Client, items: Sequence[PutItem]) -> WriteOutcome:
         log.error("memkv put: %s", exc)
     for i in todo:
         if items[i].key not in failed:
-            out.stored[i] = True
+            out.stored[i] = out.sent[i] = True
             out.written += 1
             out.bytes_written += items[i].size
     return out

@@ -141,14 +141,14 @@ class MemKVL2Adapter(L2AdapterInterface):
                     log.error("memkv L2: not storing %s: %s", object_key_string(key)[:120], exc)
                     return L2StoreResult(False, 0)
             outcome = write_chunks(self._client, items)
-            for key, it, ok in zip(keys, items, outcome.stored):
-                if ok:
+            for key, it, sent in zip(keys, items, outcome.sent):
+                if sent:  # usage accounting counts each stored byte once
                     stored_keys.append(key)
                     sizes.append(it.size)
             self._count("stored", outcome.written)
             self._count("already_present", outcome.already_present)
             self._count("store_failed", len(items) - sum(outcome.stored))
-            if outcome.written:
+            if stored_keys:
                 self._notify_keys_stored(stored_keys, sizes)
             return L2StoreResult(all(outcome.stored), outcome.bytes_written)
 

@@ -33,6 +33,13 @@ _ROUND_BYTES = 256 << 20
 _ROUND_ITEMS = 4096
 
 
+def _release(item: PutItem) -> None:
+    try:
+        item.release()
+    except Exception:  # noqa: BLE001 - a host allocator error must not stop the writer
+        log.exception("memkv: releasing a written chunk's buffer failed")
+
+
 @dataclass
 class _Batch:
     items: list[PutItem]
@@ -89,7 +96,7 @@ class PutQueue:
                 return None
             if self._closed:
                 for it in fresh:
-                    it.release()
+                    _release(it)
                 raise MemKVError("put queue is closed")
             need = sum(it.size for it in fresh)
             if self._async:
@@ -155,12 +162,24 @@ class PutQueue:
         return True
 
     def close(self, timeout_s: float = 60.0) -> None:
+        """Writes what was accepted (up to timeout_s), then stops the writer.
+        Chunks still queued after that are released unwritten (counted as
+        dropped); a round already with the cluster finishes or times out."""
         if not self.drain(timeout_s):
             log.error("memkv put queue: %d chunks still unwritten after %.0f s at close", len(self._pending),
                       timeout_s)
         with self._cv:
             self._closed = True
+            left, self._queue = list(self._queue), collections.deque()
+            for b in left:
+                for it in b.items:
+                    if self._pending.get(it.key) is it:
+                        del self._pending[it.key]
+                    self.stats.dropped += 1
             self._cv.notify_all()
+        for b in left:
+            for it in b.items:
+                _release(it)
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -197,6 +216,11 @@ class PutQueue:
                 self.stats.already_present += outcome.already_present
                 for it, stored in zip(live, outcome.stored):
                     ok[id(it)] = stored
+                # A remove() that came while the write was in flight may have
+                # reached the node first: apply it again, after the write.
+                late = [it.key for it in live if it.cancelled and ok[id(it)]]
+                if late:
+                    self._client.batch_remove(late)
         except MemKVError as exc:
             log.error("memkv put of %d chunks failed: %s", len(live), exc)
         except Exception:  # noqa: BLE001 - the writer thread must survive anything
@@ -217,10 +241,12 @@ class PutQueue:
                 for it in b.items:
                     done = ok[id(it)] and not it.cancelled
                     stored += done
-                    if b.on_done is not None:
-                        try:
+                    try:  # neither a host callback nor a release may stop the writer
+                        if b.on_done is not None:
                             b.on_done(it, done)
-                        except Exception:  # noqa: BLE001 - a host callback must not stop the writer
-                            log.exception("memkv put completion callback failed")
-                    it.release()
-                b.future.set_result(stored)
+                    except Exception:  # noqa: BLE001
+                        log.exception("memkv put completion callback failed")
+                    finally:
+                        _release(it)
+                if not b.future.done():  # a host may have cancelled it
+                    b.future.set_result(stored)

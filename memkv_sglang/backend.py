@@ -74,16 +74,23 @@ def key_suffix(cfg: HiCacheStorageConfig) -> str:
     return "_".join(parts)
 
 
+# Host-pool layouts whose zero-copy segments, concatenated, are byte for byte
+# the flat page (checked against sglang 0.5.23's pools): replicas on either
+# transfer path share these pages. Any other layout keys the path too.
+SAME_BYTES_ON_BOTH_PATHS = {("MHA", "page_first"), ("MHA", "page_first_direct"), ("MHA", "page_head"),
+                            ("MLA", "layer_first"), ("MLA", "page_first"), ("MLA", "page_first_direct")}
+
+
 def page_format(pool, zero_copy: bool) -> tuple[str, str]:
     """(tag, description) of how `pool` lays out one page's bytes."""
+    kind = "MLA" if hasattr(pool, "kv_lora_rank") else "MHA"
     layout = str(getattr(pool, "layout", "?"))
     fields = [type(pool).__name__, layout, str(getattr(pool, "dtype", "?")),
               f"layers={getattr(pool, 'layer_num', '?')}", f"page={pool.page_size}",
               f"bytes={pool.get_size_per_token() * pool.page_size}"]
-    if layout == "layer_first" and not hasattr(pool, "kv_lora_rank"):
-        # MHA layer_first is the one layout whose page bytes differ by path:
-        # the zero-copy segments interleave K and V per layer, a flat page
-        # holds all of K, then all of V.
+    if (kind, layout) not in SAME_BYTES_ON_BOTH_PATHS:
+        # e.g. MHA layer_first: the zero-copy segments interleave K and V per
+        # layer, a flat page holds all of K, then all of V.
         fields.append("v1" if zero_copy else "flat")
     for name in ("head_num", "head_dim", "kv_lora_rank", "qk_rope_head_dim"):
         if hasattr(pool, name):
@@ -161,6 +168,10 @@ class MemKVHiCacheStorage(HiCacheStorage):
             for ptr, size in zip(ptrs[p * per_page:(p + 1) * per_page], sizes[p * per_page:(p + 1) * per_page]):
                 segs.append((offset, int(ptr), int(size)))
                 offset += int(size)
+            if offset != self.page_bytes:
+                # A hit is judged by the object's size: segments must cover it all.
+                raise MemKVError(f"host pool page segments cover {offset} bytes, not the {self.page_bytes}-byte "
+                                 "page; this pool layout is not supported on the zero-copy path (drop interface_v1)")
             out.append(segs)
         return out
 
@@ -175,7 +186,12 @@ class MemKVHiCacheStorage(HiCacheStorage):
             return []
         t0 = time.perf_counter()
         wire = [self._key(k) for k in keys]
-        segments = self._segments(keys, host_indices)
+        try:
+            segments = self._segments(keys, host_indices)
+        except MemKVError as exc:
+            log.error("memkv: backing up %d pages failed: %s", len(keys), exc)
+            self._count_error()
+            return [False] * len(keys)
         return self._write(wire, lambda todo: self._client.batch_put_segments([wire[i] for i in todo],
                                                                               [segments[i] for i in todo]), t0)
 

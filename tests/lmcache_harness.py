@@ -137,6 +137,11 @@ class Engine:
         got = self.engine.retrieve(tokens, mask=torch.ones(len(tokens), dtype=torch.bool))
         return int(got.sum()), self.kv[:, :, :len(tokens)].clone()
 
+    def cpu_bytes_in_use(self) -> int:
+        """Bytes LMCache's CPU pool has handed out (to its own cache or to
+        objects still referenced)."""
+        return self.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator.pin_allocator.total_allocated_size
+
     def clear_local(self) -> None:
         if "LocalCPUBackend" in self.storage_manager.storage_backends:
             self.storage_manager.clear(locations=["LocalCPUBackend"])

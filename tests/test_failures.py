@@ -85,3 +85,32 @@ def test_sigterm_finishes_in_flight_and_flushes(make_node, client_for):
     assert "stopped cleanly" in n.log()
     n.start()
     assert client_for([n]).batch_get(keys) == [bytes([i]) * (1 << 20) for i in range(64)]
+
+
+def test_close_while_calls_are_in_flight_and_calls_after_close(make_node, client_for):
+    """close() must not free the client beneath a call running without the
+    GIL, and a call after close() is a clear error, not a crash."""
+    n = make_node()
+    c = client_for([n], op_timeout_ms=1500)
+    c.put("warm", b"x")
+    n.pause()
+    outcome = []
+
+    def writer():
+        try:
+            c.batch_put_segments(["a", "b"], [[(0, b"1" * 4096, None)], [(0, b"2" * 4096, None)]])
+            outcome.append("stored")
+        except Exception as exc:  # noqa: BLE001 - the type is what the test checks
+            outcome.append(exc)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.3)
+    c.close()  # the writer is still waiting on the paused node
+    t.join(10)
+    n.resume()
+    assert len(outcome) == 1 and isinstance(outcome[0], (BatchError, ConnectionFailed)), outcome
+    with pytest.raises(ConnectionFailed, match="client is closed"):
+        c.batch_sizes(["a"], allow_partial=True)
+    with pytest.raises(ConnectionFailed, match="client is closed"):
+        c.put("k", b"v")

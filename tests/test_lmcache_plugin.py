@@ -290,6 +290,8 @@ def test_async_loading_methods(node, auth_key, licence, engine_factory):
     import asyncio
     eng = engine_factory(extra_for([node], auth_key, licence))
     tokens, data = eng.store_prompt(16, NTOKENS)
+    eng.clear_local()
+    baseline = eng.cpu_bytes_in_use()
     keys = eng.keys(tokens)
     missing = eng.keys(H.tokens_for(17, NTOKENS))
     assert asyncio.run(eng.plugin.batched_async_contains("l1", keys + missing)) == len(keys)
@@ -301,6 +303,7 @@ def test_async_loading_methods(node, auth_key, licence, engine_factory):
     obj = eng.plugin.get_non_blocking(keys[3]).result(30)
     assert torch.equal(obj.tensor, data[:, :, 3 * H.CHUNK:])
     obj.ref_count_down()
+    assert eng.cpu_bytes_in_use() == baseline  # every object handed out or dropped was released
 
 
 def test_partial_last_chunk_round_trips_warm_and_cold(node, auth_key, licence, engine_factory):
@@ -315,3 +318,18 @@ def test_partial_last_chunk_round_trips_warm_and_cold(node, auth_key, licence, e
         assert eng.lookup(tokens) == ntokens
         n, got = eng.retrieve(tokens)
         assert n == ntokens and torch.equal(got[:, :, :ntokens], data)
+
+
+def test_retrieve_larger_than_the_cpu_pool_returns_a_prefix_without_hanging(node, auth_key, licence,
+                                                                             engine_factory):
+    writer = engine_factory(extra_for([node], auth_key, licence))
+    tokens, data = writer.store_prompt(19, NTOKENS)
+    chunk_mib = 2 * H.LAYERS * H.CHUNK * H.HEADS * H.HEAD_SIZE * 2 / 2**20
+    small = engine_factory(extra_for([node], auth_key, licence), cpu_gb=round(2.5 * chunk_mib / 1024, 4))
+    t0 = time.monotonic()
+    n, got = small.retrieve(tokens)
+    assert time.monotonic() - t0 < 15
+    assert 0 < n < NTOKENS and n % H.CHUNK == 0 and torch.equal(got[:, :, :n], data[:, :, :n])
+    assert small.plugin.stats()["alloc_failures"] >= 1
+    small.clear_local()
+    assert small.cpu_bytes_in_use() == 0
