@@ -9,17 +9,12 @@ counts only when the whole value arrived and its header is the one expected.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from nixl_memkv.client import Client
-from nixl_memkv.errors import BatchError
 
 from .chunk_header import ChunkLayout
-
-log = logging.getLogger("memkv-client")
-
 
 @dataclass
 class PutItem:
@@ -61,34 +56,15 @@ class WriteOutcome:
 
 
 def write_chunks(client: Client, items: Sequence[PutItem]) -> WriteOutcome:
-    """One batched exists (re-stores of shared prefixes cost a few bytes),
-    then one gathered batch put of the rest. Raises only when the cluster
-    could not be asked at all; per-item failures are in the outcome."""
-    out = WriteOutcome([False] * len(items), [False] * len(items))
-    sizes = client.batch_sizes([it.key for it in items], allow_partial=True)
-    todo = []
-    for i, (it, size) in enumerate(zip(items, sizes)):
-        if size == it.size:
-            out.stored[i] = True
-            out.already_present += 1
-        else:
-            todo.append(i)
-    if not todo:
-        return out
-    segments = [[(0, items[i].header, None), (len(items[i].header), items[i].ptr, items[i].length)]
-                if items[i].length else [(0, items[i].header, None)] for i in todo]
-    failed: dict = {}
-    try:
-        client.batch_put_segments([items[i].key for i in todo], segments)
-    except BatchError as exc:
-        failed = exc.failed
-        log.error("memkv put: %s", exc)
-    for i in todo:
-        if items[i].key not in failed:
-            out.stored[i] = out.sent[i] = True
-            out.written += 1
-            out.bytes_written += items[i].size
-    return out
+    """Gathers each chunk's header and payload into one batched write of the
+    chunks the cluster does not hold yet (Client.batch_put_missing). Raises
+    only when the cluster could not be asked at all."""
+    segments = [[(0, it.header, None), (len(it.header), it.ptr, it.length)] if it.length else
+                [(0, it.header, None)] for it in items]
+    held, sent = client.batch_put_missing([it.key for it in items], segments, [it.size for it in items])
+    return WriteOutcome(held, sent, written=sum(sent),
+                        already_present=sum(h and not s for h, s in zip(held, sent)),
+                        bytes_written=sum(it.size for it, s in zip(items, sent) if s))
 
 
 def read_chunks(client: Client, keys: Sequence[bytes], layouts: Sequence[ChunkLayout], ptrs: Sequence[int]

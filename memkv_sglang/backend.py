@@ -38,7 +38,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from nixl_memkv.client import Client
 from nixl_memkv.config import client_setting_names
-from nixl_memkv.errors import BatchError, MemKVError
+from nixl_memkv.errors import MemKVError
 from nixl_memkv.keys import fit_key
 from nixl_memkv.plugin_startup import start_plugin
 
@@ -192,8 +192,7 @@ class MemKVHiCacheStorage(HiCacheStorage):
             log.error("memkv: backing up %d pages failed: %s", len(keys), exc)
             self._count_error()
             return [False] * len(keys)
-        return self._write(wire, lambda todo: self._client.batch_put_segments([wire[i] for i in todo],
-                                                                              [segments[i] for i in todo]), t0)
+        return self._write(wire, segments, t0)
 
     # -- flat-page path (controller without interface_v1) -----------------------------------
     def get(self, key: str, target_location: Optional[Any] = None, target_sizes: Optional[Any] = None):
@@ -220,45 +219,28 @@ class MemKVHiCacheStorage(HiCacheStorage):
         t0 = time.perf_counter()
         wire = [self._key(k) for k in keys]
         flat = [v.contiguous().view(torch.uint8) for v in values]
-        return all(self._write(wire, lambda todo: self._client.batch_put([wire[i] for i in todo],
-                                                                          [flat[i] for i in todo]), t0))
+        return all(self._write(wire, [[(0, f, None)] for f in flat], t0))
 
     # -- shared write/read bookkeeping ------------------------------------------------------
-    def _write(self, wire: list[bytes], put, t0: float) -> List[bool]:
+    def _write(self, wire: list[bytes], segments: list, t0: float) -> List[bool]:
         """Pages the cluster already holds are not sent again (replicas
         back up the same shared prefixes); the rest go in one batch."""
         if not self.is_writer:
             return [True] * len(wire)  # MLA: one writer rank stores for all
-        ok = [False] * len(wire)
         try:
-            sizes = self._client.batch_sizes(wire, allow_partial=True)
-            todo = []
-            for i, size in enumerate(sizes):
-                if size == self.page_bytes:
-                    ok[i] = True
-                else:
-                    todo.append(i)
-            failed: dict = {}
-            if todo:
-                try:
-                    put(todo)
-                except BatchError as exc:
-                    failed = exc.failed
-                    log.error("memkv: backing up pages: %s", exc)
-            written = [i for i in todo if wire[i] not in failed]
-            for i in written:
-                ok[i] = True
+            ok, sent = self._client.batch_put_missing(wire, segments, [self.page_bytes] * len(wire))
         except MemKVError as exc:
             log.error("memkv: backing up %d pages failed: %s", len(wire), exc)
             self._count_error()
-            return ok
+            return [False] * len(wire)
+        written = [i for i, s in enumerate(sent) if s]
         with self._lock:
             for i in written:
                 self._written[wire[i]] = None
             while len(self._written) > TRACKED_PAGES:
                 self._written.popitem(last=False)
             self.counters["pages_written"] += len(written)
-            self.counters["pages_already_stored"] += len(wire) - len(todo)
+            self.counters["pages_already_stored"] += sum(h and not w for h, w in zip(ok, sent))
             self.counters["bytes_written"] += len(written) * self.page_bytes
             self.counters["write_failures"] += len(wire) - sum(ok)
             self._window["backup_pgs"].append(len(wire))

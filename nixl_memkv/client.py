@@ -130,6 +130,30 @@ class Client:
         status, errors = self._native.batch_put_segments(self._keys(keys), [list(s) for s in segments])
         self._finish_writes("batch_put_segments", keys, status, errors)
 
+    def batch_put_missing(self, keys: Sequence[str | bytes], segments: Sequence[Sequence[tuple]],
+                          sizes: Sequence[int]) -> tuple[list[bool], list[bool]]:
+        """Stores each value the cluster does not already hold at its size
+        (`sizes[i]` bytes): one batched exists, then one gathered batch put
+        of the rest, so replicas re-storing shared data send a few bytes,
+        not the values. Returns (held, sent) per key: held when the cluster
+        has it now, sent when this call wrote it. Failed writes are logged;
+        raises only when the cluster could not be asked at all."""
+        held = [have == want for have, want in zip(self.batch_sizes(keys, allow_partial=True), sizes)]
+        sent = [False] * len(keys)
+        todo = [i for i, h in enumerate(held) if not h]
+        if not todo:
+            return held, sent
+        failed: dict = {}
+        try:
+            self.batch_put_segments([keys[i] for i in todo], [segments[i] for i in todo])
+        except BatchError as exc:
+            failed = exc.failed
+            log.error("%s", exc)
+        for i in todo:
+            if keys[i] not in failed:
+                held[i] = sent[i] = True
+        return held, sent
+
     def batch_get_segments(self, keys: Sequence[str | bytes], segments: Sequence[Sequence[tuple]], *,
                            allow_partial: bool = False) -> list[int | None]:
         """Scatter reads: object bytes [offset, offset + length) of each
