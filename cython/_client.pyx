@@ -68,6 +68,10 @@ cdef extern from "../csrc/client/client.hpp" namespace "memkv":
         void batch_get_segments(const vector[string_view]&, const vector[vector[Segment]]&, vector[int64_t]*,
                                 vector[string]*) except +raise_py_error nogil
         void close() nogil
+        cbool register_memory(void*, uint64_t) except +raise_py_error nogil
+        cbool unregister_memory(void*) except +raise_py_error nogil
+        string transport_name()
+        string rail_device(size_t)
 
     int64_t kItemMissing
     int64_t kItemChecksum
@@ -82,6 +86,11 @@ ctypedef uint8_t* (*AllocFn)(void* ctx, uint64_t size) noexcept
 cdef extern from "client_glue.hpp" namespace "memkv::py":
     int64_t get_alloc_c(Client&, string_view, AllocFn, void*) except +raise_py_error nogil
     void set_server(ServerAddr&, const string&, const string&, uint16_t)
+    void set_transport(ClientOptions&, int, const vector[string]&, uint64_t, uint64_t)
+    vector[uint64_t] rdma_stats(Client&)
+    cbool rdma_built()
+    string rdma_unavailable_reason()
+    vector[string] rdma_list_devices()
     cppclass RawSession:
         RawSession(const string&, uint16_t, const unsigned char*, int) except +raise_py_error
         string encode(uint8_t, const string&, const string&) except +raise_py_error
@@ -202,10 +211,18 @@ cdef class NativeClient:
     cdef int _busy       # calls running with the GIL released
     cdef bint _closed
 
-    def __cinit__(self, list servers, bytes auth_key, int num_connections, int connect_timeout_ms, int op_timeout_ms):
-        """servers: list of (name, host, port); name is the routing identity."""
+    def __cinit__(self, list servers, bytes auth_key, int num_connections, int connect_timeout_ms, int op_timeout_ms,
+                  str transport="tcp", list rdma_devices=None, uint64_t staging_bytes=256 << 20,
+                  uint64_t staging_slot_bytes=16 << 20):
+        """servers: list of (name, host, port); name is the routing identity.
+        transport: "tcp", "rdma" (RDMA or an error) or "auto" (RDMA to nodes
+        that offer it)."""
         cdef ClientOptions opts
         cdef ServerAddr a
+        cdef vector[string] devices
+        for d in rdma_devices or []:
+            devices.push_back(d.encode())
+        set_transport(opts, {"tcp": 0, "rdma": 1, "auto": 2}[transport], devices, staging_bytes, staging_slot_bytes)
         if len(auth_key) != 32:
             raise ValueError("auth key must be 32 bytes")
         for name, host, port in servers:
@@ -451,6 +468,53 @@ cdef class NativeClient:
             self._done()
         return list(res), [e.decode() for e in errs]
 
+    def register_memory(self, uint64_t addr, uint64_t length):
+        """Registers [addr, addr + length) with the RDMA rails (zero-copy
+        from then on); False when this client has no RDMA."""
+        cdef Client* cl = self._use()
+        cdef cbool r
+        try:
+            with nogil:
+                r = cl.register_memory(<void*>addr, length)
+        finally:
+            self._done()
+        return r
+
+    def unregister_memory(self, uint64_t addr):
+        cdef Client* cl = self._use()
+        cdef cbool r
+        try:
+            with nogil:
+                r = cl.unregister_memory(<void*>addr)
+        finally:
+            self._done()
+        return r
+
+    @property
+    def transport(self):
+        cdef Client* cl = self._use()
+        try:
+            return cl.transport_name().decode()
+        finally:
+            self._done()
+
+    def rail_device(self, size_t server):
+        cdef Client* cl = self._use()
+        try:
+            return cl.rail_device(server).decode()
+        finally:
+            self._done()
+
+    def rdma_stats(self):
+        cdef Client* cl = self._use()
+        cdef vector[uint64_t] v
+        try:
+            v = rdma_stats(cl[0])
+        finally:
+            self._done()
+        return {"zero_copy_bytes": v[0], "staged_bytes": v[1], "temp_registered_bytes": v[2],
+                "inline_frames": v[3], "staging_waits": v[4], "registered_bytes": v[5]}
+
     def close(self):
         """Closes idle connections and refuses new calls. Calls still in
         flight finish on their connections; the native client is freed when
@@ -556,3 +620,13 @@ def crc32c(data, uint32_t crc=0):
 
 def crc32c_impl():
     return core.crc32c_impl().decode()
+
+
+def rdma_build_info():
+    """(built with the RDMA transport, why RDMA cannot be used here or "")."""
+    return bool(rdma_built()), rdma_unavailable_reason().decode()
+
+
+def rdma_devices():
+    """The RDMA devices libibverbs shows on this host."""
+    return [d.decode() for d in rdma_list_devices()]

@@ -7,6 +7,7 @@ from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint64_t
 from libcpp.memory cimport unique_ptr
 from libcpp.string cimport string
+from libcpp.vector cimport vector
 
 from memkv_core cimport raise_py_error, install_log_sink, Key32, copy_key
 
@@ -47,11 +48,12 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
 
     cppclass NodeStats:
         StoreStats store
-        uint64_t ops[34]
-        uint64_t op_errors[34]
+        uint64_t ops[49]
+        uint64_t op_errors[49]
         uint64_t bytes_in, bytes_out, hits, misses
         uint64_t connections, connections_total, auth_failures, protocol_errors, rejected_connections
         uint64_t checksum_failures
+        uint64_t rdma_connections, rdma_bytes_in, rdma_bytes_out
 
     cppclass NodeOptions:
         string host
@@ -61,6 +63,7 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
         StoreConfig store
         int max_connections
         int io_timeout_ms
+        vector[string] rdma_devices
 
     cppclass Node:
         Node(NodeOptions) except +raise_py_error
@@ -98,7 +101,7 @@ cdef class NativeNode:
 
     def __cinit__(self, *, str host, int port, bytes auth_key, bytes node_id, str data_dir, uint64_t dram_capacity,
                   uint64_t disk_capacity, str fsync, int fsync_interval_ms, int max_connections,
-                  int io_timeout_ms=60000, int space_wait_ms=30000):
+                  int io_timeout_ms=60000, int space_wait_ms=30000, list rdma_devices=None):
         cdef NodeOptions o
         if len(auth_key) != 32 or len(node_id) != 16:
             raise ValueError("auth_key must be 32 bytes and node_id 16 bytes")
@@ -114,6 +117,8 @@ cdef class NativeNode:
         o.store.space_wait_ms = space_wait_ms
         o.max_connections = max_connections
         o.io_timeout_ms = io_timeout_ms
+        for d in rdma_devices or []:
+            o.rdma_devices.push_back(d.encode())
         self.n.reset(new Node(o))
 
     def start(self):
@@ -166,4 +171,6 @@ cdef class NativeNode:
             "connections": s.connections, "connections_total": s.connections_total,
             "auth_failures": s.auth_failures, "protocol_errors": s.protocol_errors,
             "rejected_connections": s.rejected_connections, "checksum_failures": s.checksum_failures,
+            "rdma_connections": s.rdma_connections, "rdma_bytes_in": s.rdma_bytes_in,
+            "rdma_bytes_out": s.rdma_bytes_out,
         }

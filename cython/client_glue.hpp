@@ -11,6 +11,8 @@
 
 #include "../csrc/client/client.hpp"
 #include "../csrc/common/bytes.hpp"
+#include "../csrc/transport/rdma.hpp"
+#include "../csrc/transport/verbs.hpp"
 
 namespace memkv::py {
 
@@ -29,6 +31,32 @@ inline void set_server(ServerAddr& a, const std::string& name, const std::string
   a.host = host;
   a.port = port;
 }
+
+// mode: 0 tcp, 1 rdma, 2 auto (as nixl_memkv.transport passes it).
+inline void set_transport(ClientOptions& o, int mode, const std::vector<std::string>& devices, uint64_t staging_bytes,
+                          uint64_t slot_bytes) {
+  o.transport.mode = mode == 1 ? transport::Mode::Rdma : mode == 2 ? transport::Mode::Auto : transport::Mode::Tcp;
+  o.transport.rdma_devices = devices;
+  o.transport.staging_bytes = staging_bytes;
+  o.transport.staging_slot_bytes = slot_bytes;
+}
+
+// What the RDMA side did so far (all zero without RDMA).
+inline std::vector<uint64_t> rdma_stats(Client& c) {
+#if MEMKV_WITH_VERBS
+  if (transport::RdmaClient* r = c.transport().rdma()) {
+    transport::RdmaClientStats s = r->stats();
+    return {s.zero_copy_bytes, s.staged_bytes, s.temp_registered_bytes, s.inline_frames, s.staging_waits,
+            s.registered_bytes};
+  }
+#endif
+  (void)c;
+  return std::vector<uint64_t>(6, 0);
+}
+
+inline bool rdma_built() { return rdma::built_with_verbs(); }
+inline std::string rdma_unavailable_reason() { return rdma::verbs_unavailable_reason(); }
+inline std::vector<std::string> rdma_list_devices() { return rdma::list_devices(); }
 
 class RawSession {
  public:

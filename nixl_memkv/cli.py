@@ -37,6 +37,8 @@ def main() -> None:
                    "--fsync-interval-ms; never: leave syncing to the OS.")
 @click.option("--fsync-interval-ms", type=int, help="Sync cadence for --fsync interval (default 1000).")
 @click.option("--max-connections", type=int, help="Concurrent client connections (default 1024).")
+@click.option("--rdma-devices", help="RDMA devices to serve clients over, e.g. mlx5_0,mlx5_1 "
+                                     "(MEMKV_RDMA_DEVICES; default none: TCP only).")
 @click.option("--auth-key-file", help="File holding the 64-hex auth key (else MEMKV_AUTH_KEY).")
 @click.option("--node-id", help="Stable node id (default: generated once, kept in the data dir).")
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR (MEMKV_LOG_LEVEL).")

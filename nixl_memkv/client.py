@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from . import _client
 from .config import ClientConfig, load_client_config, split_server
 from .errors import BatchError, ChecksumError, ConnectionFailed, MemKVError
-from .transport import select_transport
+from .transport import log_rails, native_transport_mode, select_transport, usable_rails
 
 log = logging.getLogger("memkv-client")
 
@@ -52,11 +52,12 @@ class Client:
         for name in config.servers:
             host, port = split_server(name)
             nodes.append((name, host, port))
-        self._native = _client.NativeClient(nodes, config.auth_key, config.num_connections,
-                                            config.connect_timeout_ms, config.op_timeout_ms)
+        self._native = _client.NativeClient(
+            nodes, config.auth_key, config.num_connections, config.connect_timeout_ms, config.op_timeout_ms,
+            native_transport_mode(config, self.transport), usable_rails(config, self.transport),
+            config.staging_size_mb << 20, config.staging_slot_mb << 20)
         self._ns = config.namespace.encode() if config.namespace else b""
-        for rail, name in enumerate(config.servers):
-            log.info('Server mapped to rail server="%s" rail=%d', name, rail)
+        log_rails(config, self._native)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Client":

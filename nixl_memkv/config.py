@@ -480,6 +480,7 @@ class NodeConfig:
     fsync: str = "interval"  # always | interval | never
     fsync_interval_ms: int = 1000
     max_connections: int = 1024
+    rdma_devices: tuple[str, ...] = ()  # RDMA devices served to clients that ask; empty: TCP only
     auth_key: bytes
     node_id: str | None = None  # None: generated and persisted by the node
     log_level: str = "INFO"
@@ -530,6 +531,7 @@ _NODE_PARSERS: dict[str, _Parser] = {
     "fsync": _choice_parser(FSYNC_MODES),
     "fsync_interval_ms": _int_parser(1),
     "max_connections": _int_parser(1),
+    "rdma_devices": _parse_devices,
     "auth_key": _parse_key,
     "node_id": _parse_node_id,
     "log_level": _choice_parser(LOG_LEVELS, upper=True, aliases={"WARN": "WARNING"}),

@@ -10,6 +10,7 @@ import logging
 from .config import split_server
 from .errors import ConfigError
 from .plugin_startup import split_plugin_options, start_plugin
+from .transport import native_transport_mode, usable_rails
 
 log = logging.getLogger("memkv-client")
 
@@ -30,13 +31,18 @@ def configure_backend(params: dict[str, str]) -> dict:
     workers = options.get("workers", 4)
     started = start_plugin(overrides, source="backend param")
     cfg = started.config
+    rails = usable_rails(cfg, started.transport)
     servers = []
     for rail, name in enumerate(cfg.servers):
         host, port = split_server(name)
         servers.append((name, host, port))
-        log.info('Server mapped to rail server="%s" rail=%d', name, rail)
+        if rails:
+            log.info('Server mapped to rail server="%s" rail=%d device=%s', name, rail, rails[rail % len(rails)])
+        else:
+            log.info('Server mapped to rail server="%s" rail=%d', name, rail)
     log.info("MEMKV NIXL backend ready (servers=%s, rdma=%s, workers=%d)", list(cfg.servers), started.rdma, workers)
     return {"servers": servers, "auth_key": cfg.auth_key, "num_connections": cfg.num_connections,
             "connect_timeout_ms": cfg.connect_timeout_ms, "op_timeout_ms": cfg.op_timeout_ms,
             "namespace": cfg.namespace, "workers": workers, "staging_size_mb": cfg.staging_size_mb,
-            "staging_slot_mb": cfg.staging_slot_mb}
+            "staging_slot_mb": cfg.staging_slot_mb,
+            "transport": native_transport_mode(cfg, started.transport), "rdma_devices": ",".join(rails)}

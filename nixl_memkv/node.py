@@ -38,7 +38,8 @@ class MemKVNode:
             host=cfg.host, port=cfg.port, auth_key=cfg.auth_key,
             node_id=hashlib.sha256(self.node_id.encode()).digest()[:16], data_dir=cfg.data_dir,
             dram_capacity=cfg.dram_capacity, disk_capacity=self.disk_capacity, fsync=cfg.fsync,
-            fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections)
+            fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections,
+            rdma_devices=list(cfg.rdma_devices))
         self._admin_enabled = admin
         self.admin = None
         self.started_at = 0.0

@@ -1,11 +1,16 @@
 """Transport selection (MEMKV_TRANSPORT): the one place that decides between
 RDMA and TCP, shared by the client and every plugin.
 
-`auto` takes RDMA only when a device named in MEMKV_RDMA_DEVICES is visible,
-else TCP (logged once); `rdma` fails loudly naming the devices it looked for.
-This build carries the TCP data path; RDMA devices are detected, but the
-RDMA data path is not built yet, so a visible device is reported and TCP used
-(`auto`) or refused with that reason (`rdma`).
+- `tcp`: every connection is TCP.
+- `rdma`: RDMA or a loud error: MEMKV_RDMA_DEVICES must name devices this
+  host shows, this build must carry the RDMA transport, and (checked by the
+  native client when it connects) every node must offer RDMA.
+- `auto`: RDMA when a device from MEMKV_RDMA_DEVICES is visible, else TCP
+  (one log line). With RDMA chosen, each node that offers no RDMA is still
+  reached over TCP (one native log line per node).
+
+The decision here is what the control side logs and reports; the native
+client then opens the devices and sets up one queue pair per connection.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 
+from . import _client
 from .config import ClientConfig
 from .errors import ConfigError
 
 log = logging.getLogger("memkv-client")
 
 SYSFS_INFINIBAND = "/sys/class/infiniband"
-RDMA_DATA_PATH_BUILT = False
 
 
 def visible_rdma_devices(sysfs_root: str = SYSFS_INFINIBAND) -> list[str]:
@@ -29,6 +34,12 @@ def visible_rdma_devices(sysfs_root: str = SYSFS_INFINIBAND) -> list[str]:
         return []
 
 
+def rdma_unavailable_reason() -> str:
+    """Why this process cannot use RDMA at all ("" when it can)."""
+    built, why = _client.rdma_build_info()
+    return why
+
+
 def select_transport(cfg: ClientConfig, *, sysfs_root: str = SYSFS_INFINIBAND) -> str:
     """Returns the transport the client will use ("tcp" or "rdma")."""
     if cfg.transport == "tcp":
@@ -36,29 +47,56 @@ def select_transport(cfg: ClientConfig, *, sysfs_root: str = SYSFS_INFINIBAND) -
     visible = visible_rdma_devices(sysfs_root)
     wanted = list(cfg.rdma_devices)
     usable = [d for d in wanted if d in visible]
+    why_not = rdma_unavailable_reason()
     if cfg.transport == "rdma":
         if not wanted:
             raise ConfigError(
                 "MEMKV_TRANSPORT=rdma needs MEMKV_RDMA_DEVICES (e.g. mlx5_0,mlx5_1); "
-                f"visible devices under {sysfs_root}: {visible or 'none'}")
-        if not usable:
+                f"visible devices under {sysfs_root}: {', '.join(visible) or 'none'}")
+        missing = [d for d in wanted if d not in visible]
+        if missing:
             raise ConfigError(
-                f"MEMKV_TRANSPORT=rdma but none of MEMKV_RDMA_DEVICES={','.join(wanted)} is visible under "
-                f"{sysfs_root} (visible: {', '.join(visible) or 'none'}); expose /dev/infiniband to the "
-                "container or set MEMKV_TRANSPORT=auto to fall back to TCP")
-        if not RDMA_DATA_PATH_BUILT:
-            raise ConfigError(
-                f"MEMKV_TRANSPORT=rdma: device(s) {', '.join(usable)} are visible but this build has no RDMA "
-                "data path yet; use MEMKV_TRANSPORT=auto or tcp")
+                f"MEMKV_TRANSPORT=rdma but MEMKV_RDMA_DEVICES={','.join(wanted)} names "
+                f"{', '.join(missing)}, not visible under {sysfs_root} (visible: {', '.join(visible) or 'none'}); "
+                "expose /dev/infiniband to the container, fix the names, or set MEMKV_TRANSPORT=auto to fall back to TCP")
+        if why_not:
+            raise ConfigError(f"MEMKV_TRANSPORT=rdma: device(s) {', '.join(usable)} are visible but {why_not}; "
+                              "or set MEMKV_TRANSPORT=auto to fall back to TCP")
+        log.info("transport selected transport=rdma devices=%s", ",".join(usable))
         return "rdma"
     # auto
-    if usable and RDMA_DATA_PATH_BUILT:
+    if usable and not why_not:
         log.info("transport selected transport=rdma devices=%s", ",".join(usable))
         return "rdma"
     if usable:
-        log.info("transport selected transport=tcp (RDMA device(s) %s visible, RDMA data path not in this build)",
-                 ",".join(usable))
+        log.info("transport selected transport=tcp (RDMA device(s) %s visible, but %s)", ",".join(usable), why_not)
     else:
         log.info("transport selected transport=tcp (no RDMA device from MEMKV_RDMA_DEVICES=%s visible under %s)",
                  ",".join(wanted) or "<unset>", sysfs_root)
     return "tcp"
+
+
+def native_transport_mode(cfg: ClientConfig, chosen: str) -> str:
+    """What the native client is told: tcp; rdma (every node must offer it);
+    auto (RDMA to the nodes that offer it)."""
+    if chosen != "rdma":
+        return "tcp"
+    return "rdma" if cfg.transport == "rdma" else "auto"
+
+
+def usable_rails(cfg: ClientConfig, chosen: str) -> list[str]:
+    """The devices the native client opens as rails (in MEMKV_RDMA_DEVICES order)."""
+    if chosen != "rdma":
+        return []
+    visible = set(visible_rdma_devices())
+    return [d for d in cfg.rdma_devices if d in visible] or list(cfg.rdma_devices)
+
+
+def log_rails(cfg: ClientConfig, native) -> None:
+    """The seed's start-up line, one per server, naming the device it uses."""
+    for rail, name in enumerate(cfg.servers):
+        device = native.rail_device(rail) if native is not None else ""
+        if device:
+            log.info('Server mapped to rail server="%s" rail=%d device=%s', name, rail, device)
+        else:
+            log.info('Server mapped to rail server="%s" rail=%d', name, rail)

@@ -38,25 +38,6 @@ std::string hex(const uint8_t* p, size_t n) {
        what + " failed on " + node + ": " + status_name(st));
 }
 
-// Receives `n` value bytes into dst and returns their CRC-32C.
-uint32_t recv_value(Session& s, void* dst, uint64_t n, int timeout_ms) {
-  uint32_t crc = 0;
-  if (n) s.sock().recv_exact(dst, n, timeout_ms, [&](const uint8_t* p, size_t m) { crc = crc32c(crc, p, m); });
-  return crc;
-}
-
-// Receives and drops n bytes, extending *crc over them when given.
-void discard(Session& s, uint64_t n, int timeout_ms, uint32_t* crc = nullptr) {
-  if (!n) return;
-  std::vector<uint8_t> scratch(static_cast<size_t>(std::min<uint64_t>(n, 1 << 20)));
-  while (n) {
-    size_t c = static_cast<size_t>(std::min<uint64_t>(n, scratch.size()));
-    s.sock().recv_exact(scratch.data(), c, timeout_ms);
-    if (crc) *crc = crc32c(*crc, scratch.data(), c);
-    n -= c;
-  }
-}
-
 }  // namespace
 
 Client::Client(ClientOptions opts) : opts_(std::move(opts)), router_([&] {
@@ -66,12 +47,36 @@ Client::Client(ClientOptions opts) : opts_(std::move(opts)), router_([&] {
 }()) {
   if (opts_.servers.empty()) fail(ErrorKind::Config, "no MemKV servers configured: set MEMKV_SERVERS=host:port[,host:port...]");
   if (opts_.num_connections < 1) fail(ErrorKind::Config, "num_connections must be at least 1");
-  for (const ServerAddr& a : opts_.servers)
-    pools_.push_back(std::make_unique<ServerPool>(a, opts_.auth_key, opts_.num_connections, opts_.connect_timeout_ms,
-                                                  opts_.op_timeout_ms));
+  transport_ = std::make_unique<transport::ClientTransport>(opts_.transport);
+  for (size_t i = 0; i < opts_.servers.size(); ++i)
+    pools_.push_back(std::make_unique<ServerPool>(opts_.servers[i], i, opts_.auth_key, opts_.num_connections,
+                                                  opts_.connect_timeout_ms, opts_.op_timeout_ms, transport_.get()));
 }
 
-Client::~Client() = default;
+Client::~Client() {
+  pools_.clear();  // connections (and their queue pairs) go before the transport
+}
+
+bool Client::register_memory(void* p, uint64_t n) {
+#if MEMKV_WITH_VERBS
+  if (transport::RdmaClient* r = transport_->rdma()) {
+    r->register_memory(p, n);
+    return true;
+  }
+#endif
+  (void)p, (void)n;
+  return false;
+}
+
+bool Client::unregister_memory(void* p) {
+#if MEMKV_WITH_VERBS
+  if (transport::RdmaClient* r = transport_->rdma()) return r->unregister_memory(p);
+#endif
+  (void)p;
+  return false;
+}
+
+std::string Client::transport_name() const { return transport_->rdma() ? "rdma" : "tcp"; }
 
 void Client::close() {
   for (auto& p : pools_) p->close_idle();
@@ -90,18 +95,19 @@ void Client::check_key(std::string_view key) const {
 // are safe to apply twice: puts store the same bytes again; a repeated
 // delete reports "not found". Multi-part writes are never retried here.
 template <class Fn>
-auto Client::with_session(size_t server, Fn&& fn, bool retry_stale) -> decltype(fn(std::declval<Session&>())) {
+auto Client::with_connection(size_t server, Fn&& fn, bool retry_stale)
+    -> decltype(fn(std::declval<transport::Connection&>())) {
   ServerPool& pool = *pools_[server];
   for (int attempt = 0;; ++attempt) {
     if (attempt > 0) pool.close_idle();
     ServerPool::Lease lease = pool.acquire();
     try {
-      if constexpr (std::is_void_v<decltype(fn(*lease.session))>) {
-        fn(*lease.session);
+      if constexpr (std::is_void_v<decltype(fn(lease.conn))>) {
+        fn(lease.conn);
         pool.release(std::move(lease), true);
         return;
       } else {
-        auto r = fn(*lease.session);
+        auto r = fn(lease.conn);
         pool.release(std::move(lease), true);
         return r;
       }
@@ -132,8 +138,9 @@ void Client::put(std::string_view key, const void* data, uint64_t len) {
   m.u64(len);
   m.u32(0);  // flags
   std::vector<std::vector<struct iovec>> values{{{const_cast<void*>(data), len}}};
-  with_session(route(key), [&](Session& s) {
-    s.send_sealed(kPut, m.data(), values, opts_.op_timeout_ms);
+  with_connection(route(key), [&](transport::Connection& c) {
+    Session& s = *c.session;
+    auto sent = c.mover->send_values(s, kPut, m.data(), values, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kPut, &h, &meta);
@@ -147,17 +154,18 @@ void Client::put(std::string_view key, const void* data, uint64_t len) {
   });
 }
 
-// One GET of the object's first `limit` bytes; dest(object size, bytes
-// coming) says where they land. Returns the object's size or kItemMissing.
-int64_t Client::get_common(std::string_view key, uint64_t limit,
-                           const std::function<uint8_t*(uint64_t, uint64_t)>& dest) {
+// One GET of the object's first `limit` bytes, landing in `target`.
+// Returns the object's size or kItemMissing.
+int64_t Client::get_common(std::string_view key, uint64_t limit, const transport::ReadTarget& target) {
   check_key(key);
   ByteWriter m;
   m.key(key);
   m.u64(0);
   m.u64(limit);
-  return with_session(route(key), [&](Session& s) -> int64_t {
-    s.send_frame(kGet, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+  const std::vector<transport::ReadTarget> targets{target};
+  return with_connection(route(key), [&](transport::Connection& c) -> int64_t {
+    Session& s = *c.session;
+    auto pending = c.mover->send_read(s, kGet, m.data(), targets, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kGet, &h, &meta);
@@ -167,15 +175,17 @@ int64_t Client::get_common(std::string_view key, uint64_t limit,
     uint64_t size = r.u64();
     r.u64();  // offset
     uint32_t crc = r.u32();
-    if (h.data_len > limit || h.data_len > size) fail(ErrorKind::Protocol, "get reply longer than requested");
-    if (recv_value(s, dest(size, h.data_len), h.data_len, opts_.op_timeout_ms) != crc)
+    const uint64_t len = std::min(limit, size);
+    if (h.data_len != pending->reply_data_len(len)) fail(ErrorKind::Protocol, "get reply length does not match");
+    if (pending->land(s, 0, size, len, opts_.op_timeout_ms) != crc)
       fail(ErrorKind::Checksum, "value read from " + s.sock().peer() + " failed its checksum; the bytes were discarded");
     return static_cast<int64_t>(size);
   });
 }
 
 int64_t Client::get_into(std::string_view key, void* buf, uint64_t cap) {
-  int64_t size = get_common(key, cap, [&](uint64_t, uint64_t) { return static_cast<uint8_t*>(buf); });
+  const SegmentList segs{{0, buf, cap}};
+  int64_t size = get_common(key, cap, transport::ReadTarget{0, &segs, nullptr});
   if (size > static_cast<int64_t>(cap))
     fail(ErrorKind::Config, "buffer too small: the value is " + std::to_string(size) + " bytes, the buffer " +
                                 std::to_string(cap));
@@ -183,17 +193,20 @@ int64_t Client::get_into(std::string_view key, void* buf, uint64_t cap) {
 }
 
 int64_t Client::get_alloc(std::string_view key, const std::function<uint8_t*(uint64_t)>& alloc) {
-  return get_common(key, kMissing, [&](uint64_t size, uint64_t len) {
+  transport::ReadTarget t;
+  t.alloc = [&](uint64_t size, uint64_t len) {
     if (len != size) fail(ErrorKind::Protocol, "get reply length does not match the object size");
     return alloc(size);
-  });
+  };
+  return get_common(key, kMissing, t);
 }
 
 int64_t Client::exists(std::string_view key) {
   check_key(key);
   ByteWriter m;
   m.key(key);
-  return with_session(route(key), [&](Session& s) -> int64_t {
+  return with_connection(route(key), [&](transport::Connection& c) -> int64_t {
+    Session& s = *c.session;
     s.send_frame(kExists, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
@@ -209,7 +222,8 @@ bool Client::remove(std::string_view key) {
   check_key(key);
   ByteWriter m;
   m.key(key);
-  return with_session(route(key), [&](Session& s) -> bool {
+  return with_connection(route(key), [&](transport::Connection& c) -> bool {
+    Session& s = *c.session;
     s.send_frame(kDelete, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
@@ -224,7 +238,8 @@ bool Client::stat(std::string_view key, ObjectStat* out) {
   check_key(key);
   ByteWriter m;
   m.key(key);
-  return with_session(route(key), [&](Session& s) -> bool {
+  return with_connection(route(key), [&](transport::Connection& c) -> bool {
+    Session& s = *c.session;
     s.send_frame(kStat, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
@@ -244,7 +259,8 @@ bool Client::stat(std::string_view key, ObjectStat* out) {
 
 std::string Client::ping(size_t server) {
   if (server >= pools_.size()) fail(ErrorKind::Config, "no such server index");
-  return with_session(server, [&](Session& s) -> std::string {
+  return with_connection(server, [&](transport::Connection& c) -> std::string {
+    Session& s = *c.session;
     s.send_frame(kPing, 0, {}, nullptr, 0, 0, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
@@ -264,8 +280,9 @@ bool Client::put_part(std::string_view key, uint64_t upload_id, uint64_t total, 
   m.u64(offset);
   m.u64(len);
   std::vector<std::vector<struct iovec>> values{{{const_cast<void*>(data), len}}};
-  return with_session(route(key), [&](Session& s) -> bool {
-    s.send_sealed(kPutPart, m.data(), values, opts_.op_timeout_ms);
+  return with_connection(route(key), [&](transport::Connection& c) -> bool {
+    Session& s = *c.session;
+    auto sent = c.mover->send_values(s, kPutPart, m.data(), values, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
     recv_response(s, kPutPart, &h, &meta);
@@ -284,7 +301,8 @@ void Client::abort_part(std::string_view key, uint64_t upload_id) {
   ByteWriter m;
   m.key(key);
   m.u64(upload_id);
-  with_session(route(key), [&](Session& s) {
+  with_connection(route(key), [&](transport::Connection& c) {
+    Session& s = *c.session;
     s.send_frame(kAbortPart, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
     FrameHeader h;
     std::vector<uint8_t> meta;
@@ -323,7 +341,8 @@ std::vector<Client::Frame> Client::plan(const std::vector<std::string_view>& key
 // num_connections workers, and all nodes proceed in parallel. A node that
 // fails marks its remaining frames unavailable at once instead of waiting out
 // one timeout per frame.
-void Client::execute(const std::vector<Frame>& frames, const std::function<void(Session&, const Frame&)>& run,
+void Client::execute(const std::vector<Frame>& frames,
+                     const std::function<void(transport::Connection&, const Frame&)>& run,
                      const std::function<void(const Frame&)>& unavailable, std::vector<std::string>* errors) {
   std::map<size_t, std::vector<const Frame*>> by_server;
   for (const Frame& f : frames) by_server[f.server].push_back(&f);
@@ -355,7 +374,7 @@ void Client::execute(const std::vector<Frame>& frames, const std::function<void(
         continue;
       }
       try {
-        with_session(j->server, [&](Session& s) { run(s, f); });
+        with_connection(j->server, [&](transport::Connection& c) { run(c, f); });
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::Connection && e.kind() != ErrorKind::Protocol) throw;  // auth errors surface as such
         j->failed = true;
@@ -422,7 +441,8 @@ void Client::batch_put_segments(const std::vector<std::string_view>& keys, const
   std::vector<Frame> frames = plan(keys, &totals);
   execute(
       frames,
-      [&](Session& s, const Frame& f) {
+      [&](transport::Connection& c, const Frame& f) {
+        Session& s = *c.session;
         ByteWriter m;
         m.u32(static_cast<uint32_t>(f.items.size()));
         std::vector<std::vector<struct iovec>> values;
@@ -434,8 +454,7 @@ void Client::batch_put_segments(const std::vector<std::string_view>& keys, const
           for (const Segment& g : segs[i])
             if (g.len) values.back().push_back({g.ptr, g.len});
         }
-        // Each piece is checksummed right before it is sent (hot in cache).
-        s.send_sealed(kBatchPut, m.data(), values, opts_.op_timeout_ms);
+        auto sent = c.mover->send_values(s, kBatchPut, m.data(), values, opts_.op_timeout_ms);
         FrameHeader h;
         std::vector<uint8_t> meta;
         recv_response(s, kBatchPut, &h, &meta);
@@ -477,13 +496,21 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
   }
   execute(
       plan(keys, &wanted),
-      [&](Session& s, const Frame& f) {
+      [&](transport::Connection& c, const Frame& f) {
+        Session& s = *c.session;
+        std::vector<transport::ReadTarget> targets;
+        targets.reserve(f.items.size());
+        for (uint32_t i : f.items) targets.push_back({lo[i], &segs[i], nullptr});
         FrameHeader h;
         std::vector<uint8_t> meta;
-        ByteReader r = keys_request(s, kBatchGet, f, keys, &h, &meta, [&](ByteWriter& m, uint32_t i) {
-          m.u64(lo[i]);
-          m.u64(hi[i] - lo[i]);
-        });
+        std::unique_ptr<transport::PendingRead> pending;
+        ByteReader r = keys_request(
+            c, kBatchGet, f, keys, &h, &meta,
+            [&](ByteWriter& m, uint32_t i) {
+              m.u64(lo[i]);
+              m.u64(hi[i] - lo[i]);
+            },
+            &targets, &pending);
         struct Item {
           uint16_t st;
           uint64_t size, len;
@@ -498,8 +525,9 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
           it.crc = r.u32();
           if (it.st == kOk) total += it.len;
         }
-        if (total != h.data_len) fail(ErrorKind::Protocol, "batch_get reply length does not match its sizes");
-        // Ranges stream back in order; each lands straight in its segments.
+        if (pending->reply_data_len(total) != h.data_len)
+          fail(ErrorKind::Protocol, "batch_get reply length does not match its sizes");
+        // Items land in order, each straight in its segments.
         for (size_t k = 0; k < items.size(); ++k) {
           uint32_t i = f.items[k];
           const Item& it = items[k];
@@ -507,19 +535,8 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
             (*result)[i] = it.st == kNotFound ? kItemMissing : kItemError;
             continue;
           }
-          const uint64_t start = lo[i], stop = lo[i] + it.len;  // object bytes [start, stop) arrive
-          uint32_t crc = 0;
-          uint64_t pos = start;
-          for (const Segment& g : segs[i]) {
-            if (g.offset >= stop) break;
-            discard(s, g.offset - pos, opts_.op_timeout_ms, &crc);
-            uint64_t n = std::min(g.len, stop - g.offset);
-            if (n)
-              s.sock().recv_exact(g.ptr, n, opts_.op_timeout_ms,
-                                  [&](const uint8_t* p, size_t m) { crc = crc32c(crc, p, m); });
-            pos = g.offset + n;
-          }
-          discard(s, stop - pos, opts_.op_timeout_ms, &crc);
+          if (it.len > hi[i] - lo[i]) fail(ErrorKind::Protocol, "batch_get reply is longer than the range asked for");
+          uint32_t crc = pending->land(s, k, it.size, it.len, opts_.op_timeout_ms);
           (*result)[i] = crc == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
         }
       },
@@ -528,16 +545,22 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
 
 // Sends a batch request whose metadata is the frame's keys and returns the
 // reply's metadata, checked and positioned after its item count.
-ByteReader Client::keys_request(Session& s, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
-                                FrameHeader* h, std::vector<uint8_t>* meta,
-                                const std::function<void(ByteWriter&, uint32_t)>& per_item) {
+ByteReader Client::keys_request(transport::Connection& c, uint8_t op, const Frame& f,
+                                const std::vector<std::string_view>& keys, FrameHeader* h, std::vector<uint8_t>* meta,
+                                const std::function<void(ByteWriter&, uint32_t)>& per_item,
+                                const std::vector<transport::ReadTarget>* targets,
+                                std::unique_ptr<transport::PendingRead>* pending) {
+  Session& s = *c.session;
   ByteWriter m;
   m.u32(static_cast<uint32_t>(f.items.size()));
   for (uint32_t i : f.items) {
     m.key(keys[i]);
     if (per_item) per_item(m, i);
   }
-  s.send_frame(op, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
+  if (targets)
+    *pending = c.mover->send_read(s, op, m.data(), *targets, opts_.op_timeout_ms);
+  else
+    s.send_frame(op, 0, m.data(), nullptr, 0, 0, opts_.op_timeout_ms);
   recv_response(s, op, h, meta);
   if (h->status != kOk) server_error(op_name(op), s.sock().peer(), h->status);
   ByteReader r(meta->data(), meta->size());
@@ -551,10 +574,10 @@ void Client::batch_exists(const std::vector<std::string_view>& keys, std::vector
   result->assign(keys.size(), kItemMissing);
   execute(
       plan(keys, nullptr),
-      [&](Session& s, const Frame& f) {
+      [&](transport::Connection& c, const Frame& f) {
         FrameHeader h;
         std::vector<uint8_t> meta;
-        ByteReader r = keys_request(s, kBatchExists, f, keys, &h, &meta);
+        ByteReader r = keys_request(c, kBatchExists, f, keys, &h, &meta);
         for (uint32_t i : f.items) {
           uint64_t sz = r.u64();
           (*result)[i] = sz == kMissing ? kItemMissing : static_cast<int64_t>(sz);
@@ -568,10 +591,10 @@ void Client::batch_remove(const std::vector<std::string_view>& keys, std::vector
   status->assign(keys.size(), kOk);
   execute(
       plan(keys, nullptr),
-      [&](Session& s, const Frame& f) {
+      [&](transport::Connection& c, const Frame& f) {
         FrameHeader h;
         std::vector<uint8_t> meta;
-        ByteReader r = keys_request(s, kBatchDelete, f, keys, &h, &meta);
+        ByteReader r = keys_request(c, kBatchDelete, f, keys, &h, &meta);
         for (uint32_t i : f.items) (*status)[i] = r.u16();
       },
       mark_all(status, kStatusUnavailable), errors);

@@ -23,6 +23,7 @@ struct ClientOptions {
   int num_connections = 4;
   int connect_timeout_ms = 5000;
   int op_timeout_ms = 30000;
+  transport::TransportOptions transport;
 };
 
 // Per-item outcomes of batch reads (non-negative values are sizes).
@@ -34,17 +35,6 @@ constexpr int64_t kItemUnavailable = -4;  // the node could not be reached in ti
 constexpr int64_t kItemError = -5;        // the node answered with an error status
 // Per-item status of batch writes/deletes: wire::Status, or this.
 constexpr int kStatusUnavailable = 1000;
-
-// A piece of an object in the caller's memory: object bytes
-// [offset, offset + len) live at ptr. Batch writes gather an object from its
-// segments (which must tile [0, total) exactly); batch reads scatter an
-// object's bytes into its segments (non-overlapping, any subset).
-struct Segment {
-  uint64_t offset = 0;
-  void* ptr = nullptr;
-  uint64_t len = 0;
-};
-using SegmentList = std::vector<Segment>;
 
 struct ObjectStat {
   uint64_t size = 0;
@@ -102,6 +92,16 @@ class Client {
   void batch_remove(const std::vector<std::string_view>& keys, std::vector<int>* status,
                     std::vector<std::string>* errors);
 
+  // Registers [p, p + n) with the RDMA rails so transfers to and from it
+  // are zero-copy (no-op over TCP). The memory must stay valid until
+  // unregister_memory(p). Returns false when there is no RDMA to register with.
+  bool register_memory(void* p, uint64_t n);
+  bool unregister_memory(void* p);
+  // "rdma" when this client has RDMA rails, else "tcp"; the device server i uses.
+  std::string transport_name() const;
+  std::string rail_device(size_t server) const { return transport_->rail_device(server); }
+  transport::ClientTransport& transport() { return *transport_; }
+
   void close();
 
  private:
@@ -110,15 +110,20 @@ class Client {
     std::vector<uint32_t> items;
   };
   std::vector<Frame> plan(const std::vector<std::string_view>& keys, const std::vector<uint64_t>* lens) const;
-  void execute(const std::vector<Frame>& frames, const std::function<void(wire::Session&, const Frame&)>& run,
+  void execute(const std::vector<Frame>& frames, const std::function<void(transport::Connection&, const Frame&)>& run,
                const std::function<void(const Frame&)>& unavailable, std::vector<std::string>* errors);
   template <class Fn>
-  auto with_session(size_t server, Fn&& fn, bool retry_stale = true) -> decltype(fn(std::declval<wire::Session&>()));
+  auto with_connection(size_t server, Fn&& fn, bool retry_stale = true)
+      -> decltype(fn(std::declval<transport::Connection&>()));
   void check_key(std::string_view key) const;
-  int64_t get_common(std::string_view key, uint64_t limit, const std::function<uint8_t*(uint64_t, uint64_t)>& dest);
-  ByteReader keys_request(wire::Session& s, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
+  int64_t get_common(std::string_view key, uint64_t limit, const transport::ReadTarget& target);
+  // Sends a batch request naming the frame's keys (plus per_item fields);
+  // with `targets`, a read whose items land there (*pending lands them).
+  ByteReader keys_request(transport::Connection& c, uint8_t op, const Frame& f, const std::vector<std::string_view>& keys,
                           wire::FrameHeader* h, std::vector<uint8_t>* meta,
-                          const std::function<void(ByteWriter&, uint32_t)>& per_item = nullptr);
+                          const std::function<void(ByteWriter&, uint32_t)>& per_item = nullptr,
+                          const std::vector<transport::ReadTarget>* targets = nullptr,
+                          std::unique_ptr<transport::PendingRead>* pending = nullptr);
   // The `unavailable` callback of execute(): marks every item of a frame.
   template <class T, class V>
   static std::function<void(const Frame&)> mark_all(std::vector<T>* out, V value) {
@@ -130,6 +135,7 @@ class Client {
 
   ClientOptions opts_;
   Router router_;
+  std::unique_ptr<transport::ClientTransport> transport_;
   std::vector<std::unique_ptr<ServerPool>> pools_;
 };
 

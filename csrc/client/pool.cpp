@@ -6,9 +6,10 @@
 
 namespace memkv {
 
-ServerPool::ServerPool(ServerAddr addr, const wire::Key32& key, int size, int connect_timeout_ms, int op_timeout_ms)
-    : addr_(std::move(addr)), key_(key), size_(size), connect_timeout_ms_(connect_timeout_ms),
-      op_timeout_ms_(op_timeout_ms) {}
+ServerPool::ServerPool(ServerAddr addr, size_t index, const wire::Key32& key, int size, int connect_timeout_ms,
+                       int op_timeout_ms, transport::ClientTransport* transport)
+    : addr_(std::move(addr)), index_(index), key_(key), size_(size), connect_timeout_ms_(connect_timeout_ms),
+      op_timeout_ms_(op_timeout_ms), transport_(transport) {}
 
 ServerPool::~ServerPool() = default;
 
@@ -33,11 +34,13 @@ ServerPool::Lease ServerPool::acquire() {
     Socket sock = Socket::connect_to(addr_.host, addr_.port, connect_timeout_ms_);
     sock.set_peer(addr_.name);
     sock.set_spin_us(50);
-    auto s = wire::Session::client(std::move(sock), key_, op_timeout_ms_);
+    transport::Connection c;
+    c.session = wire::Session::client(std::move(sock), key_, op_timeout_ms_);
+    c.mover = transport_->attach(*c.session, index_, addr_.name, op_timeout_ms_);
     lk.lock();
-    max_value_bytes_ = s->peer().max_value_bytes;
+    max_value_bytes_ = c.session->peer().max_value_bytes;
     ++connects_;
-    return Lease{std::move(s), false};
+    return Lease{std::move(c), false};
   } catch (...) {
     if (!lk.owns_lock()) lk.lock();
     --in_use_;
@@ -49,7 +52,7 @@ ServerPool::Lease ServerPool::acquire() {
 void ServerPool::release(Lease&& lease, bool healthy) {
   std::lock_guard<std::mutex> lk(mu_);
   --in_use_;
-  if (healthy && lease.session) idle_.push_back(std::move(lease.session));
+  if (healthy && lease.conn.session) idle_.push_back(std::move(lease.conn));
   cv_.notify_one();
 }
 

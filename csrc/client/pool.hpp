@@ -1,6 +1,8 @@
 // Authenticated connections to one node, reused across ops and threads, at
-// most `size` at a time (MEMKV_NUM_CONNECTIONS). A connection that saw any
-// error is closed rather than returned: its framing state is unknown.
+// most `size` at a time (MEMKV_NUM_CONNECTIONS). Each new connection gets its
+// mover (TCP, or its own RDMA queue pair) from the client's transport. A
+// connection that saw any error is closed rather than returned: its framing
+// state is unknown.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../transport/client_transport.hpp"
 #include "../wire/session.hpp"
 
 namespace memkv {
@@ -21,11 +24,12 @@ struct ServerAddr {
 
 class ServerPool {
  public:
-  ServerPool(ServerAddr addr, const wire::Key32& key, int size, int connect_timeout_ms, int op_timeout_ms);
+  ServerPool(ServerAddr addr, size_t index, const wire::Key32& key, int size, int connect_timeout_ms, int op_timeout_ms,
+             transport::ClientTransport* transport);
   ~ServerPool();
 
   struct Lease {
-    std::unique_ptr<wire::Session> session;
+    transport::Connection conn;
     bool reused = false;  // came from the idle list (may have gone stale)
   };
   Lease acquire();
@@ -38,13 +42,15 @@ class ServerPool {
 
  private:
   ServerAddr addr_;
+  size_t index_;
   wire::Key32 key_;
   int size_;
   int connect_timeout_ms_;
   int op_timeout_ms_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::unique_ptr<wire::Session>> idle_;
+  transport::ClientTransport* transport_;
+  std::vector<transport::Connection> idle_;
   int in_use_ = 0;
   uint64_t max_value_bytes_ = 0;
   uint64_t connects_ = 0;

@@ -271,6 +271,18 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t len) noexcept {
   return ~impl().fn(~crc, static_cast<const uint8_t*>(data), len);
 }
 
+uint32_t crc32c_copy(uint32_t crc, void* dst, const void* src, size_t len) noexcept {
+  constexpr size_t kPiece = 64 * 1024;
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  for (size_t off = 0; off < len; off += kPiece) {
+    size_t n = len - off < kPiece ? len - off : kPiece;
+    std::memcpy(d + off, s + off, n);
+    crc = crc32c(crc, d + off, n);
+  }
+  return crc;
+}
+
 const char* crc32c_impl() noexcept { return impl().name; }
 
 }  // namespace memkv

@@ -12,6 +12,10 @@ namespace memkv {
 // consecutive pieces gives the checksum of the concatenation.
 uint32_t crc32c(uint32_t crc, const void* data, size_t len) noexcept;
 
+// Copies len bytes from src to dst and extends `crc` over them, a cache-sized
+// piece at a time so each piece is checksummed while still hot.
+uint32_t crc32c_copy(uint32_t crc, void* dst, const void* src, size_t len) noexcept;
+
 // Name of the implementation picked for this CPU (for logs and benchmarks).
 const char* crc32c_impl() noexcept;
 

@@ -61,7 +61,20 @@ std::string MemKVEngine::object_key(const BlobDesc& d) const {
 
 Status MemKVEngine::registerMem(const BlobDesc& mem, const MemType& type, BackendMD*& out) {
   if (type == kDram || (type == kVram && CudaRuntime::get())) {
-    out = new LocalMD();
+    auto* md = new LocalMD();
+    if (type == kDram && mem.len) {
+      // The seeds' pre-registered descriptor pools: register once here, not
+      // per transfer. Without RDMA this is a no-op; if registration fails
+      // (locked-memory limit) transfers still work through staging.
+      try {
+        if (client_->register_memory(reinterpret_cast<void*>(mem.addr), mem.len))
+          md->rdma_registered = reinterpret_cast<void*>(mem.addr);
+      } catch (const std::exception& e) {
+        log(LogLevel::Warning, std::string("MEMKV: DRAM registration stays unregistered for RDMA (staged instead): ") +
+                                   e.what());
+      }
+    }
+    out = md;
     return kSuccess;
   }
   if (type != kObj) {
@@ -80,6 +93,7 @@ Status MemKVEngine::registerMem(const BlobDesc& mem, const MemType& type, Backen
 }
 
 Status MemKVEngine::deregisterMem(BackendMD* meta) {
+  if (auto* md = dynamic_cast<LocalMD*>(meta); md && md->rdma_registered) client_->unregister_memory(md->rdma_registered);
   delete meta;
   return kSuccess;
 }

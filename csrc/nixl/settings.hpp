@@ -31,6 +31,22 @@ inline void settings_set(PluginSettings* s, int num_connections, int connect_tim
   s->client.op_timeout_ms = op_timeout_ms;
   s->key_prefix = key_prefix;
   s->workers = workers;
+  s->client.transport.staging_bytes = s->staging_bytes;
+  s->client.transport.staging_slot_bytes = s->staging_slot_bytes;
+}
+// mode: "tcp", "rdma" or "auto" (nixl_memkv.transport.native_transport_mode);
+// devices: the rails, comma-separated.
+inline void settings_set_transport(PluginSettings* s, const std::string& mode, const std::string& devices) {
+  s->client.transport.mode =
+      mode == "rdma" ? transport::Mode::Rdma : mode == "auto" ? transport::Mode::Auto : transport::Mode::Tcp;
+  s->client.transport.rdma_devices.clear();
+  size_t start = 0;
+  while (start < devices.size()) {
+    size_t comma = devices.find(',', start);
+    if (comma == std::string::npos) comma = devices.size();
+    if (comma > start) s->client.transport.rdma_devices.push_back(devices.substr(start, comma - start));
+    start = comma + 1;
+  }
 }
 
 }  // namespace memkv::nixl

@@ -26,10 +26,12 @@ class ObjectMD : public BackendMD {
   const uint64_t len;  // registered length (2^64-1 for "unbounded")
 };
 
-// DRAM_SEG and VRAM_SEG registrations need no state of ours.
+// DRAM_SEG and VRAM_SEG registrations: DRAM is also registered with the
+// RDMA rails (when there are any), so transfers from and to it are zero-copy.
 class LocalMD : public BackendMD {
  public:
   LocalMD() : BackendMD(true) {}
+  void* rdma_registered = nullptr;  // base address given to Client::register_memory
 };
 
 class Transfer : public RequestHandle {

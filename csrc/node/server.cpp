@@ -16,6 +16,7 @@
 #include "../common/crc32c.hpp"
 #include "../common/error.hpp"
 #include "../common/log.hpp"
+#include "../transport/verbs.hpp"
 
 namespace memkv {
 
@@ -43,6 +44,15 @@ Node::Node(NodeOptions opts) : opts_(std::move(opts)), store_(std::make_unique<S
 Node::~Node() { stop(); }
 
 void Node::start() {
+  if (!opts_.rdma_devices.empty()) {
+#if MEMKV_WITH_VERBS
+    std::string why = rdma::verbs_unavailable_reason();
+    if (!why.empty()) fail(ErrorKind::Config, "--rdma-devices: " + why);
+    rdma_ = std::make_unique<transport::RdmaNode>(opts_.rdma_devices);
+#else
+    fail(ErrorKind::Config, "--rdma-devices: " + rdma::verbs_unavailable_reason());
+#endif
+  }
   store_->open();
   listen_fd_ = listen_tcp(opts_.host, opts_.port, 1024, &bound_port_);
   started_ = true;
@@ -161,6 +171,7 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
     } else {
       FrameHeader h{};
       std::vector<uint8_t> meta;
+      Movers movers;
       // A client in a tight loop sends its next request within microseconds
       // of our reply: then polling briefly before sleeping saves a wake-up (an
       // IPI on VMs) per op. Clients that pause between requests get no spin,
@@ -172,7 +183,7 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
         bool quick = std::chrono::steady_clock::now() - replied < kSpin;
         session->sock().set_spin_us(quick ? static_cast<int>(kSpin.count()) : 0);
         conn->busy = true;
-        handle(*session, h, meta);
+        handle(*session, movers, h, meta);
         conn->busy = false;
         replied = std::chrono::steady_clock::now();
       }
@@ -193,19 +204,10 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
   conn->done = true;
 }
 
-void Node::drain(Session& s, uint64_t n) {
-  static thread_local std::vector<uint8_t> scratch(1 << 20);
-  while (n) {
-    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n, scratch.size()));
-    s.sock().recv_exact(scratch.data(), chunk, opts_.io_timeout_ms);
-    n -= chunk;
-  }
-}
-
-uint16_t Node::receive_value(Session& s, const FrameHeader& h, uint32_t index, const std::string& key,
-                             uint64_t size) {
+uint16_t Node::receive_value(Session& s, transport::NodeMover& m, const FrameHeader& h, uint32_t index,
+                             const std::string& key, uint64_t size) {
   auto refuse = [&](uint16_t st) {
-    drain(s, size);
+    m.skip(s, index, size, opts_.io_timeout_ms);
     s.recv_seal(h, index, opts_.io_timeout_ms);  // framing continues; the value is dropped
     return st;
   };
@@ -214,9 +216,7 @@ uint16_t Node::receive_value(Session& s, const FrameHeader& h, uint32_t index, c
   PutResult pr = store_->reserve(size, key.size(), &r);
   if (pr != PutResult::Ok) return refuse(status_of(pr));
   ValuePtr v = Value::make(size);
-  uint32_t crc = 0;
-  if (size)
-    s.sock().recv_exact(v->data, size, opts_.io_timeout_ms, [&](const uint8_t* p, size_t n) { crc = crc32c(crc, p, n); });
+  uint32_t crc = m.receive(s, index, v->data, size, opts_.io_timeout_ms);
   bytes_in_ += size;
   if (s.recv_seal(h, index, opts_.io_timeout_ms) != crc) {
     ++checksum_failures_;
@@ -230,16 +230,31 @@ uint16_t Node::receive_value(Session& s, const FrameHeader& h, uint32_t index, c
   return status_of(store_->commit(key, std::move(v), crc, std::move(r)));
 }
 
-void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& meta) {
+void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::vector<uint8_t>& meta) {
   const int t = opts_.io_timeout_ms;
   ByteReader in(meta.data(), meta.size());
   ByteWriter out;
   const uint8_t op = h.op;
   if (op < kOpSlots) ++ops_[op];
-  auto reply = [&](uint16_t st, const struct iovec* iov = nullptr, int n = 0, uint64_t len = 0) {
+  if ((h.flags & kFlagRdma) && !movers.rdma)
+    fail(ErrorKind::Protocol, "RDMA frame on a connection without an RDMA queue pair");
+  const bool rdma = (h.flags & kFlagRdma) != 0;
+  transport::NodeMover& m = rdma ? *movers.rdma : static_cast<transport::NodeMover&>(movers.tcp);
+  auto count_error = [&](uint16_t st) {
     if (st != kOk && st != kNotFound && op < kOpSlots) ++op_errors_[op];
-    s.send_frame(op, st, out.data(), iov, n, len, t);
-    bytes_out_ += len;
+  };
+  auto reply = [&](uint16_t st) {
+    count_error(st);
+    s.send_frame(op, st, out.data(), nullptr, 0, 0, t);
+  };
+  // A reply whose items bring bytes (GET, BATCH_GET): by the frame's mover.
+  auto reply_values = [&](uint16_t st, const std::vector<struct iovec>& values) {
+    count_error(st);
+    m.reply(s, op, st, out.data(), values, t);
+    uint64_t n = 0;
+    for (const struct iovec& v : values) n += v.iov_len;
+    bytes_out_ += n;
+    if (rdma) rdma_bytes_out_ += n;
   };
 
   switch (op) {
@@ -247,18 +262,21 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       std::string key(in.key());
       uint64_t size = in.u64();
       in.u32();  // flags
+      m.begin(in, 1, false);
       in.expect_end();
-      if (size > kMaxDataLen || h.data_len != size + kSealLen)
+      if (size > kMaxDataLen || h.data_len != m.request_data_len(size, 1))
         fail(ErrorKind::Protocol, "put: data length does not match the value size");
-      reply(receive_value(s, h, 0, key, size));
+      reply(receive_value(s, m, h, 0, key, size));
+      if (rdma) rdma_bytes_in_ += size;
       return;
     }
     case kGet: {
       std::string key(in.key());
       uint64_t offset = in.u64();
       uint64_t length = in.u64();
+      m.begin(in, 1, true);
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       uint32_t crc = 0;
       ValuePtr v = key_ok(key) ? store_->get(key, &crc) : nullptr;
       if (!v) {
@@ -276,15 +294,14 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       out.u64(v->size);
       out.u64(offset);
       out.u32(crc);
-      struct iovec iov {v->data + offset, len};
-      reply(kOk, &iov, 1, len);
+      reply_values(kOk, {{v->data + offset, len}});
       return;
     }
     case kExists:
     case kStat: {
       std::string key(in.key());
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       ObjectInfo info;
       if (!key_ok(key) || !store_->info(key, &info)) {
         reply(key_ok(key) ? kNotFound : kKeyInvalid);
@@ -302,13 +319,13 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
     case kDelete: {
       std::string key(in.key());
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       reply(!key_ok(key) ? kKeyInvalid : store_->remove(key) ? kOk : kNotFound);
       return;
     }
     case kPing: {
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       out.bytes(opts_.node_id.data(), opts_.node_id.size());
       reply(kOk);
       return;
@@ -326,12 +343,14 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
         total += size;
         items.emplace_back(std::move(key), size);
       }
+      m.begin(in, n, false);
       in.expect_end();
-      if (total + uint64_t{n} * kSealLen != h.data_len)
+      if (m.request_data_len(total, n) != h.data_len)
         fail(ErrorKind::Protocol, "batch_put: data length does not match the value sizes");
       out.u32(n);
-      for (uint32_t i = 0; i < n; ++i) out.u16(receive_value(s, h, i, items[i].first, items[i].second));
+      for (uint32_t i = 0; i < n; ++i) out.u16(receive_value(s, m, h, i, items[i].first, items[i].second));
       reply(kOk);
+      if (rdma) rdma_bytes_in_ += total;
       return;
     }
     case kBatchGet: {
@@ -349,13 +368,13 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
         uint64_t offset = in.u64(), length = in.u64();
         wants.push_back({std::move(key), offset, length});
       }
+      m.begin(in, n, true);
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       // Every value is pinned (and verified, if it came from a shard) before
       // the sizes are promised: the stream is then full-length or a miss.
       std::vector<ValuePtr> vals(n);
-      std::vector<struct iovec> iov;
-      uint64_t total = 0;
+      std::vector<struct iovec> iov(n, {nullptr, 0});
       out.u32(n);
       for (uint32_t i = 0; i < n; ++i) {
         const Want& w = wants[i];
@@ -380,10 +399,9 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
         out.u64(v.size);
         out.u64(len);
         out.u32(crc);
-        if (len) iov.push_back({v.data + w.offset, len});
-        total += len;
+        iov[i] = {v.data + w.offset, len};
       }
-      reply(kOk, iov.data(), static_cast<int>(iov.size()), total);
+      reply_values(kOk, iov);
       return;
     }
     case kBatchExists:
@@ -394,7 +412,7 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       keys.reserve(n);
       for (uint32_t i = 0; i < n; ++i) keys.emplace_back(in.key());
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       out.u32(n);
       for (const std::string& k : keys) {
         if (op == kBatchExists) {
@@ -410,11 +428,12 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
     case kPutPart: {
       std::string key(in.key());
       uint64_t upload_id = in.u64(), total = in.u64(), offset = in.u64(), len = in.u64();
+      m.begin(in, 1, false);
       in.expect_end();
-      if (len > kMaxDataLen || h.data_len != len + kSealLen)
+      if (len > kMaxDataLen || h.data_len != m.request_data_len(len, 1))
         fail(ErrorKind::Protocol, "put_part: data length does not match the part length");
       auto refuse = [&](uint16_t st) {
-        drain(s, len);
+        m.skip(s, 0, len, t);
         s.recv_seal(h, 0, t);
         out.u8(0);
         out.u64(0);
@@ -427,10 +446,9 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       uint32_t got = 0;
       bool ok = false;
       try {
-        if (len)
-          s.sock().recv_exact(target.buffer->data + offset, len, t,
-                              [&](const uint8_t* p, size_t m) { got = crc32c(got, p, m); });
+        got = m.receive(s, 0, target.buffer->data + offset, len, t);
         bytes_in_ += len;
+        if (rdma) rdma_bytes_in_ += len;
         ok = s.recv_seal(h, 0, t) == got;
       } catch (...) {
         bool c;
@@ -451,12 +469,24 @@ void Node::handle(Session& s, const FrameHeader& h, const std::vector<uint8_t>& 
       std::string key(in.key());
       uint64_t upload_id = in.u64();
       in.expect_end();
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       reply(!key_ok(key) ? kKeyInvalid : store_->part_abort(key, upload_id) ? kOk : kNotFound);
       return;
     }
+    case kRdmaConnect: {
+      transport::drain(s, h.data_len, t);
+      if (rdma_ && !movers.rdma) {
+        movers.rdma = rdma_->accept(s, in, t);
+        if (movers.rdma) ++rdma_connections_;
+        return;
+      }
+      out.key(rdma_ ? "this connection already has a queue pair"
+                    : "the node serves no RDMA device (start it with --rdma-devices / MEMKV_RDMA_DEVICES)");
+      reply(kRdmaUnavailable);
+      return;
+    }
     default:
-      drain(s, h.data_len);
+      transport::drain(s, h.data_len, t);
       reply(kBadRequest);
       return;
   }
@@ -479,6 +509,9 @@ NodeStats Node::stats() {
   s.protocol_errors = protocol_errors_;
   s.rejected_connections = rejected_;
   s.checksum_failures = checksum_failures_;
+  s.rdma_connections = rdma_connections_;
+  s.rdma_bytes_in = rdma_bytes_in_;
+  s.rdma_bytes_out = rdma_bytes_out_;
   return s;
 }
 

@@ -12,6 +12,8 @@
 #include <string>
 #include <thread>
 
+#include "../transport/mover.hpp"
+#include "../transport/rdma_node.hpp"
 #include "../wire/session.hpp"
 #include "store.hpp"
 
@@ -25,9 +27,10 @@ struct NodeOptions {
   StoreConfig store;
   int max_connections = 1024;
   int io_timeout_ms = 60000;  // a peer that stalls mid-frame this long is dropped
+  std::vector<std::string> rdma_devices;  // served to clients that ask (RDMA_CONNECT); empty: TCP only
 };
 
-constexpr int kOpSlots = 0x22;
+constexpr int kOpSlots = 0x31;
 
 struct NodeStats {
   StoreStats store;
@@ -36,6 +39,7 @@ struct NodeStats {
   uint64_t bytes_in = 0, bytes_out = 0, hits = 0, misses = 0;
   uint64_t connections = 0, connections_total = 0, auth_failures = 0, protocol_errors = 0, rejected_connections = 0;
   uint64_t checksum_failures = 0;
+  uint64_t rdma_connections = 0, rdma_bytes_in = 0, rdma_bytes_out = 0;
 };
 
 class Node {
@@ -63,15 +67,21 @@ class Node {
   void accept_loop();
   void serve(std::shared_ptr<Conn> conn, Socket sock);
   void reap_locked(bool all);
-  void handle(wire::Session& s, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
-  void drain(wire::Session& s, uint64_t n);
-  // Receives value `index` of frame h straight into a DRAM buffer and
+  // The movers of one connection: TCP always; RDMA once the client set up
+  // its queue pair. Each frame's flags say which one carries its values.
+  struct Movers {
+    transport::TcpNodeMover tcp;
+    std::unique_ptr<transport::NodeMover> rdma;
+  };
+  void handle(wire::Session& s, Movers& movers, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
+  // Moves value `index` of frame h straight into a DRAM buffer and
   // publishes it once its seal verifies; returns the wire status.
-  uint16_t receive_value(wire::Session& s, const wire::FrameHeader& h, uint32_t index, const std::string& key,
-                         uint64_t size);
+  uint16_t receive_value(wire::Session& s, transport::NodeMover& m, const wire::FrameHeader& h, uint32_t index,
+                         const std::string& key, uint64_t size);
 
   NodeOptions opts_;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<transport::RdmaNode> rdma_;
   int listen_fd_ = -1;
   uint16_t bound_port_ = 0;
   std::thread acceptor_;
@@ -84,7 +94,8 @@ class Node {
   std::atomic<uint64_t> ops_[kOpSlots] = {};
   std::atomic<uint64_t> op_errors_[kOpSlots] = {};
   std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0}, hits_{0}, misses_{0}, connections_{0}, connections_total_{0},
-      auth_failures_{0}, protocol_errors_{0}, rejected_{0}, checksum_failures_{0};
+      auth_failures_{0}, protocol_errors_{0}, rejected_{0}, checksum_failures_{0}, rdma_connections_{0},
+      rdma_bytes_in_{0}, rdma_bytes_out_{0};
 };
 
 }  // namespace memkv

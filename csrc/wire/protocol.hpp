@@ -101,7 +101,11 @@ enum Op : uint8_t {
   kBatchDelete = 0x13,
   kPutPart = 0x20,
   kAbortPart = 0x21,
+  kRdmaConnect = 0x30,  // sets up this connection's RDMA queue pair (docs/protocol.md §11)
 };
+
+// FrameHeader.flags
+constexpr uint8_t kFlagRdma = 0x01;  // value bytes move by RDMA; the metadata ends with a transport section
 
 enum Status : uint16_t {
   kOk = 0,
@@ -116,6 +120,7 @@ enum Status : uint16_t {
   kBadRange = 9,
   kShuttingDown = 10,
   kKeyInvalid = 11,
+  kRdmaUnavailable = 12,  // the node serves no RDMA (reply metadata: why)
 };
 
 inline const char* op_name(uint8_t op) {
@@ -132,6 +137,7 @@ inline const char* op_name(uint8_t op) {
     case kBatchDelete: return "batch_delete";
     case kPutPart: return "put_part";
     case kAbortPart: return "abort_part";
+    case kRdmaConnect: return "rdma_connect";
     default: return "unknown";
   }
 }
@@ -150,6 +156,7 @@ inline const char* status_name(uint16_t s) {
     case kBadRange: return "range outside the object";
     case kShuttingDown: return "node shutting down";
     case kKeyInvalid: return "invalid key";
+    case kRdmaUnavailable: return "RDMA unavailable on the node";
     default: return "unknown status";
   }
 }

@@ -135,9 +135,10 @@ void Session::seal(FrameHeader* h, const std::vector<uint8_t>& meta) {
 }
 
 void Session::send_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta, const struct iovec* data,
-                         int n_data, uint64_t data_len, int timeout_ms) {
+                         int n_data, uint64_t data_len, int timeout_ms, uint8_t flags) {
   FrameHeader h{};
   h.op = op;
+  h.flags = flags;
   h.status = status;
   h.data_len = data_len;
   seal(&h, meta);
@@ -212,6 +213,19 @@ void Session::send_sealed(uint8_t op, const std::vector<uint8_t>& meta,
     seal_value(h, i, crc, sealed);
     sock_.send_all(sealed, kSealLen, timeout_ms);
   }
+}
+
+void Session::send_seals(uint8_t op, uint8_t flags, const std::vector<uint8_t>& meta,
+                         const std::vector<uint32_t>& crcs, int timeout_ms) {
+  FrameHeader h{};
+  h.op = op;
+  h.flags = flags;
+  h.data_len = crcs.size() * kSealLen;
+  seal(&h, meta);
+  std::vector<uint8_t> seals(crcs.size() * kSealLen);
+  for (uint32_t i = 0; i < crcs.size(); ++i) seal_value(h, i, crcs[i], seals.data() + i * kSealLen);
+  struct iovec iov[3] = {{&h, sizeof(h)}, {const_cast<uint8_t*>(meta.data()), meta.size()}, {seals.data(), seals.size()}};
+  sock_.send_iov(iov, 3, timeout_ms);
 }
 
 uint32_t Session::recv_seal(const FrameHeader& h, uint32_t index, int timeout_ms) {

@@ -37,12 +37,16 @@ class Session {
 
   // Sends header + metadata + the data pieces (which must add up to data_len).
   void send_frame(uint8_t op, uint16_t status, const std::vector<uint8_t>& meta, const struct iovec* data, int n_data,
-                  uint64_t data_len, int timeout_ms);
+                  uint64_t data_len, int timeout_ms, uint8_t flags = 0);
   // Sends a value-carrying request: header + metadata, then each value's
   // pieces, checksummed as they go, each value followed by its seal (see
   // protocol.hpp). `values[i]` lists value i's pieces in order.
   void send_sealed(uint8_t op, const std::vector<uint8_t>& meta, const std::vector<std::vector<struct iovec>>& values,
                    int timeout_ms);
+  // Sends a request whose values travel outside the frame (RDMA): header +
+  // metadata, then only the seals of values whose CRCs are `crcs`.
+  void send_seals(uint8_t op, uint8_t flags, const std::vector<uint8_t>& meta, const std::vector<uint32_t>& crcs,
+                  int timeout_ms);
   // Reads the seal of value `index` of frame `h`, checks its MAC (a protocol
   // error if it fails) and returns the value's CRC.
   uint32_t recv_seal(const FrameHeader& h, uint32_t index, int timeout_ms);
