@@ -480,6 +480,23 @@ cdef class NativeClient:
             self._done()
         return r
 
+    def register_buffer(self, obj):
+        """Registers the memory of `obj` (buffer protocol, or a CPU tensor)
+        with the RDMA rails. Returns (address, holder) where holder keeps the
+        memory exported while registered, or None when there is no RDMA."""
+        cdef _Views v = _Views()
+        v.acquire([obj], True)
+        addr = <uint64_t><size_t>v.ptrs[0]
+        if not self.register_memory(addr, v.lens[0]):
+            return None
+        return addr, v
+
+    @staticmethod
+    def buffer_address(obj):
+        cdef _Views v = _Views()
+        v.acquire([obj], False)
+        return <uint64_t><size_t>v.ptrs[0]
+
     def unregister_memory(self, uint64_t addr):
         cdef Client* cl = self._use()
         cdef cbool r

@@ -55,6 +55,13 @@ class _NodeCollector:
         yield c("memkv_corrupt_records", "Shard records that failed verification (served as misses)",
                 value=s["corrupt_records"])
         yield c("memkv_flush_errors", "Shard writes that failed", value=s["flush_errors"])
+        yield c("memkv_rdma_connections", "Connections that set up an RDMA queue pair",
+                value=s["rdma"]["connections_total"])
+        rdma = c("memkv_rdma_bytes", "Value bytes moved by RDMA (in: READ from clients, out: WRITE to clients)",
+                 labels=["direction"])
+        rdma.add_metric(["in"], s["rdma"]["bytes_in"])
+        rdma.add_metric(["out"], s["rdma"]["bytes_out"])
+        yield rdma
 
 
 class AdminServer:

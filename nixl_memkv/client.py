@@ -57,6 +57,7 @@ class Client:
             native_transport_mode(config, self.transport), usable_rails(config, self.transport),
             config.staging_size_mb << 20, config.staging_slot_mb << 20)
         self._ns = config.namespace.encode() if config.namespace else b""
+        self._registered: dict[int, Any] = {}
         log_rails(config, self._native)
 
     @classmethod
@@ -105,6 +106,24 @@ class Client:
     def ping(self) -> dict[str, str]:
         """Node id of every configured node (raises if one is unreachable)."""
         return {name: self._native.ping(i) for i, name in enumerate(self.config.servers)}
+
+    # -- RDMA registrations --------------------------------------------------------------
+    def register_memory(self, buffer: Any) -> bool:
+        """Registers a long-lived buffer (a host KV pool, say) with the RDMA
+        rails, so every transfer from or to memory inside it is zero-copy
+        instead of going through staging. The buffer is kept alive until
+        unregister_memory. Returns False (and does nothing) over TCP."""
+        r = self._native.register_buffer(buffer)
+        if r is None:
+            return False
+        self._registered[r[0]] = r[1]
+        return True
+
+    def unregister_memory(self, buffer: Any) -> bool:
+        addr = buffer if isinstance(buffer, int) else self._native.buffer_address(buffer)
+        if self._registered.pop(addr, None) is None:
+            return False
+        return self._native.unregister_memory(addr)
 
     # -- multi-part writes --------------------------------------------------------------
     def put_part(self, key: str | bytes, upload_id: int, total: int, offset: int, data: Any) -> bool:
@@ -225,6 +244,7 @@ class Client:
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
         self._native.close()
+        self._registered.clear()  # the native side deregistered them
 
     def __enter__(self) -> "Client":
         return self

@@ -137,6 +137,8 @@ class MemKVNode:
             "auth_failures": s["auth_failures"], "protocol_errors": s["protocol_errors"],
             "checksum_failures": s["checksum_failures"], "corrupt_records": s["corrupt_records"],
             "flush_errors": s["flush_errors"],
+            "rdma": {"devices": list(self.cfg.rdma_devices), "connections_total": s["rdma_connections"],
+                     "bytes_in": s["rdma_bytes_in"], "bytes_out": s["rdma_bytes_out"]},
         }
 
     def __enter__(self) -> "MemKVNode":

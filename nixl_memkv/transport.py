@@ -55,9 +55,10 @@ def select_transport(cfg: ClientConfig, *, sysfs_root: str = SYSFS_INFINIBAND) -
                 f"visible devices under {sysfs_root}: {', '.join(visible) or 'none'}")
         missing = [d for d in wanted if d not in visible]
         if missing:
+            which = (f"none of MEMKV_RDMA_DEVICES={','.join(wanted)} is visible" if not usable else
+                     f"MEMKV_RDMA_DEVICES={','.join(wanted)} names {', '.join(missing)}, which is not visible")
             raise ConfigError(
-                f"MEMKV_TRANSPORT=rdma but MEMKV_RDMA_DEVICES={','.join(wanted)} names "
-                f"{', '.join(missing)}, not visible under {sysfs_root} (visible: {', '.join(visible) or 'none'}); "
+                f"MEMKV_TRANSPORT=rdma but {which} under {sysfs_root} (visible: {', '.join(visible) or 'none'}); "
                 "expose /dev/infiniband to the container, fix the names, or set MEMKV_TRANSPORT=auto to fall back to TCP")
         if why_not:
             raise ConfigError(f"MEMKV_TRANSPORT=rdma: device(s) {', '.join(usable)} are visible but {why_not}; "

@@ -52,7 +52,7 @@ def test_hung_node_times_out(make_node, client_for):
     n = make_node("--dram-capacity", "64MiB", "--disk-capacity", "0")
     c = client_for([n], op_timeout_ms=1500)
     c.put("k", b"v")
-    os.kill(n.proc.pid, signal.SIGSTOP)
+    n.pause()
     try:
         t0 = time.monotonic()
         with pytest.raises(ConnectionFailed, match="timed out"):

@@ -1,0 +1,146 @@
+"""Real `memkv server` processes for tests: each with its own data dir and
+ports, on 127.0.0.1 (or, inside the soft-RoCE guest, the guest's own
+addresses). Kept free of heavy imports: the RDMA suite runs it in an
+emulated guest where every import costs seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from nixl_memkv.license import write_throwaway_license
+
+
+def make_licence(directory: str, days: int = 30) -> tuple[str, str]:
+    """A licence file and the issuer's public key that verifies it."""
+    return write_throwaway_license(directory, licensee="tests", plan="enterprise", days=days)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port whose successor is free too (data port + admin port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port >= 65000:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind((host, port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKV_")}
+    env.update(extra)
+    return env
+
+
+class NodeProc:
+    """One `memkv server` child process."""
+
+    def __init__(self, data_dir: str, auth_key: str, *args: str, port: int | None = None, env: dict | None = None,
+                 host: str = "127.0.0.1"):
+        self.data_dir = data_dir
+        self.auth_key = auth_key
+        self.args = list(args)
+        self.host = host
+        self.port = port or free_port(host)
+        self.admin_port = self.port + 1
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(os.path.dirname(data_dir.rstrip("/")), f"node-{self.port}.log")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, wait: bool = True) -> "NodeProc":
+        log = open(self.log_path, "ab")
+        cmd = [sys.executable, "-m", "nixl_memkv", "server", "--data-dir", self.data_dir, "--host", self.host,
+               "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args]
+        # cwd outside the checkout: `python -m` must import the installed package.
+        self.proc = subprocess.Popen(cmd, env=clean_env(MEMKV_AUTH_KEY=self.auth_key, **self.env), stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=os.path.dirname(self.log_path))
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/v1/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"node not ready after {timeout}s: {self.log()}")
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/v1/status", timeout=5) as r:
+            return json.load(r)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused node must see the SIGTERM
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the node hangs with its sockets open. Returns once every
+        thread has stopped (a signal takes effect asynchronously: a request
+        sent right after kill() may otherwise still be answered)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        task_dir = f"/proc/{self.proc.pid}/task"
+        while time.monotonic() < deadline:
+            states = []
+            for tid in os.listdir(task_dir):
+                try:
+                    with open(f"{task_dir}/{tid}/stat") as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+                except OSError:
+                    pass
+            if states and all(st in ("T", "t") for st in states):
+                return
+            time.sleep(0.001)
+        raise AssertionError(f"node {self.address} did not stop within 10 s of SIGSTOP")
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def restart(self) -> "NodeProc":
+        self.stop()
+        return self.start()
