@@ -36,6 +36,7 @@ cdef extern from "../csrc/node/store.hpp" namespace "memkv":
         uint64_t dram_capacity, disk_capacity
         uint64_t evictions_dram, evictions_disk, evictions_dropped
         uint64_t corrupt_detected, flush_errors, flushed, pending_parts, disk_reads
+        uint64_t arena_bytes, arena_free, arena_prefaulted
 
     cppclass Store:
         uint64_t max_value_bytes()
@@ -166,6 +167,8 @@ cdef class NativeNode:
             "evictions_dropped": st.evictions_dropped, "corrupt_records": st.corrupt_detected,
             "flush_errors": st.flush_errors, "flushed": st.flushed, "pending_parts": st.pending_parts,
             "disk_reads": st.disk_reads,
+            "arena_bytes": st.arena_bytes, "arena_free_bytes": st.arena_free,
+            "arena_prefaulted_bytes": st.arena_prefaulted,
             "ops": ops, "op_errors": errors,
             "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "hits": s.hits, "misses": s.misses,
             "connections": s.connections, "connections_total": s.connections_total,

@@ -121,7 +121,8 @@ class MemKVNode:
             "capacity_bytes": s["dram_capacity_bytes"] + s["disk_capacity_bytes"],
             "tiers": {
                 "dram": {"keys": s["dram_keys"], "bytes_used": s["dram_bytes_used"],
-                         "capacity_bytes": s["dram_capacity_bytes"]},
+                         "capacity_bytes": s["dram_capacity_bytes"], "arena_bytes": s["arena_bytes"],
+                         "arena_prefaulted_bytes": s["arena_prefaulted_bytes"]},
                 "disk": {"keys": s["disk_keys"], "bytes_used": s["disk_bytes_used"],
                          "capacity_bytes": s["disk_capacity_bytes"]},
             },

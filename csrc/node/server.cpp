@@ -54,6 +54,9 @@ void Node::start() {
 #endif
   }
   store_->open();
+#if MEMKV_WITH_VERBS
+  if (rdma_ && store_->arena()) rdma_->add_region_async(store_->arena());
+#endif
   listen_fd_ = listen_tcp(opts_.host, opts_.port, 1024, &bound_port_);
   started_ = true;
   acceptor_ = std::thread([this] { accept_loop(); });
@@ -215,7 +218,7 @@ uint16_t Node::receive_value(Session& s, transport::NodeMover& m, const FrameHea
   Reservation r;
   PutResult pr = store_->reserve(size, key.size(), &r);
   if (pr != PutResult::Ok) return refuse(status_of(pr));
-  ValuePtr v = Value::make(size);
+  ValuePtr v = store_->make_value(size);
   uint32_t crc = m.receive(s, index, v->data, size, opts_.io_timeout_ms);
   bytes_in_ += size;
   if (s.recv_seal(h, index, opts_.io_timeout_ms) != crc) {

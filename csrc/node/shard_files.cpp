@@ -112,7 +112,8 @@ std::atomic<uint64_t> g_tmp_counter{0};
 
 }  // namespace
 
-ShardFiles::ShardFiles(const std::string& data_dir) : root_(data_dir + "/shards") {
+ShardFiles::ShardFiles(const std::string& data_dir, std::shared_ptr<Arena> arena)
+    : root_(data_dir + "/shards"), arena_(std::move(arena)) {
   ::mkdir(data_dir.c_str(), 0755);
   if (::mkdir(root_.c_str(), 0755) != 0 && errno != EEXIST)
     fail(ErrorKind::Config, "cannot create " + root_ + ": " + std::strerror(errno) + " (check --data-dir permissions)");
@@ -209,7 +210,7 @@ ValuePtr ShardFiles::read(const std::string& key, bool* corrupt, uint32_t* crc_o
     *corrupt = true;
     return nullptr;
   }
-  ValuePtr v = Value::make(info.size);
+  ValuePtr v = Value::make(info.size, arena_);
   bool ok = true;
   if (direct_io_ && info.size >= kDirectFrom && v->page_aligned) {
     Fd direct{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT)};

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,8 @@ struct RecordInfo {
 
 class ShardFiles {
  public:
-  explicit ShardFiles(const std::string& data_dir);
+  // Values read back are allocated from `arena` when it has room.
+  explicit ShardFiles(const std::string& data_dir, std::shared_ptr<Arena> arena = nullptr);
   ~ShardFiles();
 
   // Values from 1 MiB go through O_DIRECT (padded to whole pages, no page
@@ -70,6 +72,7 @@ class ShardFiles {
   std::string root_;
   bool direct_io_ = true;
   bool unsynced_ = false;
+  std::shared_ptr<Arena> arena_;
 };
 
 }  // namespace memkv

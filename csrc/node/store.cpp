@@ -65,8 +65,12 @@ uint64_t Store::max_value_bytes() const {
 
 void Store::open() {
   auto t0 = std::chrono::steady_clock::now();
+  if (cfg_.arena) {
+    arena_ = std::make_shared<Arena>(cfg_.dram_capacity);
+    arena_->prefault_in_background();
+  }
   if (cfg_.disk_capacity) {
-    files_ = std::make_unique<ShardFiles>(cfg_.data_dir);
+    files_ = std::make_unique<ShardFiles>(cfg_.data_dir, arena_);
     std::vector<RecordInfo> records;
     size_t skipped = 0;
     if (files_->load_index(&records)) {
@@ -551,7 +555,7 @@ PutResult Store::part_begin(const std::string& key, uint64_t upload_id, uint64_t
   Reservation r;
   PutResult pr = reserve(total, key.size(), &r);
   if (pr != PutResult::Ok) return pr;
-  ValuePtr buf = Value::make(total);
+  ValuePtr buf = make_value(total);
   std::lock_guard<std::mutex> lk(mu_);
   Part& p = parts_[id];
   if (!p.buffer) {  // else another connection created it meanwhile; `r` is released after the lock
@@ -662,6 +666,11 @@ StoreStats Store::stats() {
   s.flushed = flushed_;
   s.pending_parts = parts_.size();
   s.disk_reads = disk_reads_;
+  if (arena_) {
+    s.arena_bytes = arena_->size();
+    s.arena_free = arena_->free_bytes();
+    s.arena_prefaulted = arena_->prefaulted_bytes();
+  }
   return s;
 }
 

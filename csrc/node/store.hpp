@@ -36,6 +36,7 @@ struct StoreConfig {
   int fsync_interval_ms = 1000;
   int space_wait_ms = 30000;          // how long a put may wait for the flusher to free DRAM
   int part_idle_timeout_ms = 120000;  // abandoned multi-part writes are dropped after this
+  bool arena = true;                  // large values in one pre-faulted arena of dram_capacity bytes
 };
 
 struct StoreStats {
@@ -45,6 +46,7 @@ struct StoreStats {
   uint64_t evictions_dram = 0, evictions_disk = 0, evictions_dropped = 0;
   uint64_t corrupt_detected = 0, flush_errors = 0, flushed = 0, pending_parts = 0;
   uint64_t disk_reads = 0;
+  uint64_t arena_bytes = 0, arena_free = 0, arena_prefaulted = 0;
 };
 
 enum class PutResult { Ok, TooLarge, NoSpace, ShuttingDown, BadRange, Internal };
@@ -118,6 +120,10 @@ class Store {
   bool part_abort(const std::string& key, uint64_t upload_id);
 
   StoreStats stats();
+  // A DRAM buffer for a value of `size` bytes (from the arena when it fits).
+  ValuePtr make_value(uint64_t size) const { return Value::make(size, arena_); }
+  // The arena holding large values (null when disabled): the node registers it for RDMA.
+  const std::shared_ptr<Arena>& arena() const { return arena_; }
   bool direct_io() const { return files_ ? files_->direct_io() : false; }
   uint64_t startup_ms() const { return startup_ms_; }
 
@@ -170,6 +176,7 @@ class Store {
   void expire_parts_locked(uint64_t now_ms);
 
   StoreConfig cfg_;
+  std::shared_ptr<Arena> arena_;
   std::unique_ptr<ShardFiles> files_;
   std::mutex mu_;
   std::condition_variable space_cv_;    // DRAM freed / entries cleaned

@@ -1,6 +1,7 @@
 // An immutable value held in the DRAM tier. Large values are page-aligned
 // and padded to whole pages so the shard writer can hand them to O_DIRECT
-// as they are; small ones are allocated exactly to keep the tier dense.
+// as they are, and live in the node's arena (pre-faulted, RDMA-registered)
+// when it has room; small ones are allocated exactly to keep the tier dense.
 #pragma once
 #include <sys/mman.h>
 
@@ -66,39 +67,58 @@ class BufferPool {
   static constexpr uint64_t limit_ = 256ull << 20;
 };
 
+class Arena;
+
 struct Value {
   uint8_t* data = nullptr;
   uint64_t size = 0;
   uint64_t alloc = 0;  // bytes actually allocated (what the DRAM tier accounts)
   bool page_aligned = false;
+  std::shared_ptr<Arena> arena;  // set when data lives in the arena
 
   Value() = default;
   Value(const Value&) = delete;
-  ~Value() {
-    if (page_aligned)
-      BufferPool::instance().give(data, alloc);
-    else
-      std::free(data);
-  }
+  ~Value();
 
   static uint64_t alloc_size(uint64_t size) { return size >= kAlignedFrom ? round_up_page(size) : (size ? size : 1); }
 
-  static std::shared_ptr<Value> make(uint64_t size) {
-    auto v = std::make_shared<Value>();
-    v->size = size;
-    v->alloc = alloc_size(size);
-    if (size >= kAlignedFrom) {
-      v->data = static_cast<uint8_t*>(BufferPool::instance().take(v->alloc));
-      v->page_aligned = true;
-      // The padding reaches the disk: never let it carry stale heap bytes.
-      std::memset(v->data + size, 0, v->alloc - size);
-    } else {
-      v->data = static_cast<uint8_t*>(std::malloc(v->alloc));
-      if (!v->data) throw std::bad_alloc();
-    }
-    return v;
-  }
+  // `arena` (may be null) is tried first for large values.
+  static std::shared_ptr<Value> make(uint64_t size, const std::shared_ptr<Arena>& arena = nullptr);
 };
 using ValuePtr = std::shared_ptr<Value>;
+
+}  // namespace memkv
+
+#include "arena.hpp"
+
+namespace memkv {
+
+inline Value::~Value() {
+  if (arena)
+    arena->free(data, alloc);
+  else if (page_aligned)
+    BufferPool::instance().give(data, alloc);
+  else
+    std::free(data);
+}
+
+inline std::shared_ptr<Value> Value::make(uint64_t size, const std::shared_ptr<Arena>& arena) {
+  auto v = std::make_shared<Value>();
+  v->size = size;
+  v->alloc = alloc_size(size);
+  if (size >= kAlignedFrom) {
+    if (arena && (v->data = static_cast<uint8_t*>(arena->alloc(v->alloc))))
+      v->arena = arena;
+    else  // no arena, or no extent left that fits: fresh (recycled) pages
+      v->data = static_cast<uint8_t*>(BufferPool::instance().take(v->alloc));
+    v->page_aligned = true;
+    // The padding reaches the disk: never let it carry stale heap bytes.
+    std::memset(v->data + size, 0, v->alloc - size);
+  } else {
+    v->data = static_cast<uint8_t*>(std::malloc(v->alloc));
+    if (!v->data) throw std::bad_alloc();
+  }
+  return v;
+}
 
 }  // namespace memkv

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "../common/crc32c.hpp"
@@ -81,9 +82,9 @@ class Bounce {
 
 class RdmaNodeMover : public NodeMover {
  public:
-  RdmaNodeMover(std::unique_ptr<rdma::QueuePair> qp, const std::vector<std::unique_ptr<rdma::MemoryRegion>>& regions,
-                rdma::DevicePtr dev, std::string peer)
-      : qp_(std::move(qp)), regions_(regions), bounce_(std::move(dev)), peer_(std::move(peer)) {}
+  RdmaNodeMover(std::unique_ptr<rdma::QueuePair> qp, const RdmaNode& node, size_t device, rdma::DevicePtr dev,
+                std::string peer)
+      : qp_(std::move(qp)), node_(node), device_(device), bounce_(std::move(dev)), peer_(std::move(peer)) {}
 
   void begin(ByteReader& in, uint32_t items, bool) override {
     descs_.assign(items, {});
@@ -161,14 +162,11 @@ class RdmaNodeMover : public NodeMover {
     if (i >= descs_.size()) fail(ErrorKind::Protocol, "RDMA request lacks its transport section");
     return descs_[i];
   }
-  const rdma::MemoryRegion* local(const void* p, uint64_t n) const {
-    for (const auto& r : regions_)
-      if (r->covers(p, n)) return r.get();
-    return nullptr;
-  }
+  const rdma::MemoryRegion* local(const void* p, uint64_t n) const { return node_.local(device_, p, n); }
 
   std::unique_ptr<rdma::QueuePair> qp_;
-  const std::vector<std::unique_ptr<rdma::MemoryRegion>>& regions_;
+  const RdmaNode& node_;
+  size_t device_;
   Bounce bounce_;
   std::string peer_;
   std::vector<std::vector<Desc>> descs_;
@@ -178,12 +176,36 @@ class RdmaNodeMover : public NodeMover {
 
 RdmaNode::RdmaNode(const std::vector<std::string>& devices) {
   for (const std::string& d : devices) devices_.push_back(rdma::Device::open(d));
-  regions_.resize(devices_.size());
 }
 
-void RdmaNode::add_region(void* base, uint64_t len) {
-  for (size_t i = 0; i < devices_.size(); ++i)
-    regions_[i].push_back(std::make_unique<rdma::MemoryRegion>(devices_[i], base, len, IBV_ACCESS_LOCAL_WRITE));
+RdmaNode::~RdmaNode() {
+  if (registrar_.joinable()) registrar_.join();
+}
+
+void RdmaNode::add_region_async(std::shared_ptr<Arena> arena) {
+  arena_ = std::move(arena);
+  registrar_ = std::thread([this] {
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      for (const rdma::DevicePtr& d : devices_)
+        arena_mrs_.push_back(
+            std::make_unique<rdma::MemoryRegion>(d, arena_->base(), arena_->size(), IBV_ACCESS_LOCAL_WRITE));
+    } catch (const Error& e) {
+      log(LogLevel::Warning, std::string("DRAM tier not registered for RDMA (values go through bounce buffers): ") +
+                                 e.what());
+      return;
+    }
+    arena_ready_.store(true, std::memory_order_release);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    log(LogLevel::Info, "DRAM tier registered with RDMA device(s) " + devices() + " (" +
+                            std::to_string(arena_->size() >> 20) + " MiB in " + std::to_string(ms) + " ms)");
+  });
+}
+
+const rdma::MemoryRegion* RdmaNode::local(size_t d, const void* p, uint64_t n) const {
+  if (!arena_ready_.load(std::memory_order_acquire)) return nullptr;
+  const rdma::MemoryRegion& mr = *arena_mrs_[d];
+  return mr.covers(p, n) ? &mr : nullptr;
 }
 
 std::string RdmaNode::devices() const {
@@ -209,7 +231,7 @@ std::unique_ptr<NodeMover> RdmaNode::accept(Session& s, ByteReader& in, int time
     auto qp = std::make_unique<rdma::QueuePair>(devices_[d]);
     qp->connect(peer);
     rdma::QpInfo mine = qp->local_info();
-    auto mover = std::make_unique<RdmaNodeMover>(std::move(qp), regions_[d], devices_[d], s.sock().peer());
+    auto mover = std::make_unique<RdmaNodeMover>(std::move(qp), *this, d, devices_[d], s.sock().peer());
     mine.write(out);
     out.key(devices_[d]->name());
     s.send_frame(kRdmaConnect, kOk, out.data(), nullptr, 0, 0, timeout_ms);

@@ -5,10 +5,14 @@
 // it READs a put's value from the client's memory into its own, and WRITEs a
 // get's bytes into the client's memory before sending the sealed reply.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "../node/arena.hpp"
 
 #include "mover.hpp"
 #include "rdma.hpp"
@@ -21,8 +25,14 @@ class RdmaNode {
  public:
   // Opens every device; throws a Config error naming the one that fails.
   explicit RdmaNode(const std::vector<std::string>& devices);
-  // Registers node memory (before serving starts) with every device.
-  void add_region(void* base, uint64_t len);
+  ~RdmaNode();
+  // Registers the node's value arena with every device, for local access
+  // only, on a background thread (pinning faults the arena in, which takes
+  // a while for large tiers). Until it is done, transfers go through each
+  // connection's registered bounce buffer.
+  void add_region_async(std::shared_ptr<Arena> arena);
+  // The registration holding node memory [p, p + n) on device d, or null.
+  const rdma::MemoryRegion* local(size_t d, const void* p, uint64_t n) const;
   std::string devices() const;
   // Serves RDMA_CONNECT on session s (request metadata in `in`) and sends
   // the reply. Returns the connection's mover, or null when the queue pair
@@ -31,7 +41,10 @@ class RdmaNode {
 
  private:
   std::vector<rdma::DevicePtr> devices_;
-  std::vector<std::vector<std::unique_ptr<rdma::MemoryRegion>>> regions_;  // [device][region]
+  std::shared_ptr<Arena> arena_;                             // kept mapped while registered
+  std::vector<std::unique_ptr<rdma::MemoryRegion>> arena_mrs_;  // [device], complete once arena_ready_
+  std::atomic<bool> arena_ready_{false};
+  std::thread registrar_;
 };
 
 #else
