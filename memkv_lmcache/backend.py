@@ -41,7 +41,7 @@ from lmcache.v1.storage_backend.abstract_backend import StoragePluginInterface
 from nixl_memkv.client import Client
 from nixl_memkv.errors import ConfigError, MemKVError
 from nixl_memkv.keys import fit_key
-from nixl_memkv.plugin_startup import split_plugin_options, start_plugin
+from nixl_memkv.plugin_startup import register_host_pool, split_plugin_options, start_plugin
 
 from . import chunk_header
 from .chunk_header import ChunkLayout, HeaderError
@@ -126,6 +126,11 @@ class MemKVStorageBackend(StoragePluginInterface):
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="memkv-load")
         self._closed = False
         self.counters = collections.Counter()
+        # LMCache's CPU pool is one long-lived tensor: with RDMA, register it
+        # once so every chunk moves zero-copy.
+        pool = getattr(getattr(local_cpu_backend, "memory_allocator", None), "buffer", None)
+        if pool is not None and getattr(pool, "numel", lambda: 0)() > 0:
+            register_host_pool(self._client, pool, "LMCache CPU pool")
         log.info("MemKVStorageBackend ready (servers=%s, rdma=%s, dst_device=%s)", list(started.config.servers),
                  started.rdma, dst_device)
 

@@ -36,7 +36,7 @@ from lmcache.v1.platform import create_event_notifier
 from nixl_memkv.client import Client
 from nixl_memkv.errors import ConfigError, MemKVError
 from nixl_memkv.keys import fit_key
-from nixl_memkv.plugin_startup import split_plugin_options, start_plugin
+from nixl_memkv.plugin_startup import register_host_pool, split_plugin_options, start_plugin
 
 from .chunk_header import HeaderError
 from .chunk_io import item_for, layout_of, read_chunks, write_chunks
@@ -86,6 +86,12 @@ class MemKVL2Adapter(L2AdapterInterface):
         self.counters: collections.Counter = collections.Counter()
         self._healthy = True
         self._closed = False
+        # The MP server's L1 arena is where every load lands and every store
+        # comes from: with RDMA, register its stable part once.
+        if l1_memory_desc is not None and getattr(l1_memory_desc, "ptr", 0):
+            size = getattr(l1_memory_desc, "stable_registration_size", None) or l1_memory_desc.size
+            if size:
+                register_host_pool(self._client, l1_memory_desc.ptr, "LMCache L1 arena", length=size)
         log.info("MemKVL2Adapter ready (servers=%s, rdma=%s)", list(started.config.servers), started.rdma)
 
     # -- event fds --------------------------------------------------------------------

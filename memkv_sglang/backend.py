@@ -40,7 +40,7 @@ from nixl_memkv.client import Client
 from nixl_memkv.config import client_setting_names
 from nixl_memkv.errors import MemKVError
 from nixl_memkv.keys import fit_key
-from nixl_memkv.plugin_startup import start_plugin
+from nixl_memkv.plugin_startup import register_host_pool, start_plugin
 
 log = logging.getLogger("memkv-client")
 
@@ -129,6 +129,7 @@ class MemKVHiCacheStorage(HiCacheStorage):
         self._format, description = page_format(mem_pool_host, self._zero_copy)
         log.info("MemKVHiCacheStorage host pool registered: %d-byte pages, format %s (%s)", self.page_bytes,
                  self._format, description)
+        register_host_pool(self._client, getattr(mem_pool_host, "kv_buffer", None), "sglang host KV pool")
 
     def _key(self, page_hash: str) -> bytes:
         if self.mem_pool_host is None:

@@ -108,11 +108,19 @@ class Client:
         return {name: self._native.ping(i) for i, name in enumerate(self.config.servers)}
 
     # -- RDMA registrations --------------------------------------------------------------
-    def register_memory(self, buffer: Any) -> bool:
+    def register_memory(self, buffer: Any, length: int | None = None) -> bool:
         """Registers a long-lived buffer (a host KV pool, say) with the RDMA
         rails, so every transfer from or to memory inside it is zero-copy
-        instead of going through staging. The buffer is kept alive until
-        unregister_memory. Returns False (and does nothing) over TCP."""
+        instead of going through staging. A buffer object is kept alive
+        until unregister_memory; memory given as (address, length) must stay
+        valid that long. Returns False (and does nothing) over TCP."""
+        if isinstance(buffer, int):
+            if not length or not buffer:
+                raise ValueError("memory given by address needs a non-null address and a length")
+            if not self._native.register_memory(buffer, length):
+                return False
+            self._registered[buffer] = None
+            return True
         r = self._native.register_buffer(buffer)
         if r is None:
             return False
@@ -121,8 +129,9 @@ class Client:
 
     def unregister_memory(self, buffer: Any) -> bool:
         addr = buffer if isinstance(buffer, int) else self._native.buffer_address(buffer)
-        if self._registered.pop(addr, None) is None:
+        if addr not in self._registered:
             return False
+        del self._registered[addr]
         return self._native.unregister_memory(addr)
 
     # -- multi-part writes --------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .config import ClientConfig, load_client_config
-from .errors import ConfigError
+from .errors import ConfigError, MemKVError
 from .license import License, load_trusted_pubkeys, verify_license
 from .transport import select_transport
 
@@ -55,6 +55,30 @@ def start_plugin(overrides: Mapping[str, Any] | None, *, source: str) -> PluginS
     log.info("memkv-client license verified plan=%s licensee=%s expires=%s", lic.plan, lic.licensee,
              lic.expires_at.date().isoformat())
     return PluginStart(cfg, lic, select_transport(cfg))
+
+
+def register_host_pool(client: Any, buffer: Any, what: str, length: int | None = None) -> bool:
+    """Registers an engine's long-lived host pool (LMCache's CPU pool or L1
+    arena, sglang's host KV pool) with the client's RDMA rails, so transfers
+    from and to it are zero-copy from the first one on. A no-op over TCP; a
+    failure (locked-memory limit) leaves transfers on the staged path."""
+    if client.transport != "rdma" or buffer is None:
+        return False
+    try:
+        ok = client.register_memory(buffer, length)
+    except (MemKVError, ValueError) as exc:
+        log.warning("%s stays unregistered for RDMA, so its transfers are staged: %s", what, exc)
+        return False
+    if ok:
+        size = length if length is not None else _nbytes(buffer)
+        log.info("%s registered for RDMA (%d bytes): its transfers are zero-copy", what, size)
+    return ok
+
+
+def _nbytes(buffer: Any) -> int:
+    if hasattr(buffer, "element_size") and hasattr(buffer, "numel"):
+        return buffer.numel() * buffer.element_size()
+    return memoryview(buffer).nbytes
 
 
 def split_plugin_options(given: Mapping[str, Any], own: Mapping[str, Callable[[str, Any], Any]], *,

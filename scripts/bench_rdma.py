@@ -86,14 +86,15 @@ def memkv_rates(client, np, rounds: int, size: int, registered: bool) -> tuple[f
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--json", help="also write the figures to this file (inside the checkout: the guest "
+                                   "can write only there)")
     args = ap.parse_args()
     if not in_guest():
         here = os.path.dirname(os.path.abspath(__file__))
         cmd = ["bash", os.path.join(here, "rdma-vm.sh"), "--timeout", "1800", "--", sys.executable,
                os.path.abspath(__file__), *sys.argv[1:]]
         print(f"no {DEVICE} here: running inside the soft-RoCE guest", file=sys.stderr)
-        return subprocess.call(cmd, cwd=os.path.dirname(here))
+        return subprocess.call(cmd, cwd=os.path.dirname(here))  # the guest shares the checkout read-write
 
     import numpy as np
 
@@ -105,9 +106,11 @@ def main() -> int:
     data = tempfile.mkdtemp(prefix="bench-rdma-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKV_")}
     env["MEMKV_AUTH_KEY"] = key
+    node_log = open(os.path.join(data, "node.log"), "w+")
     node = subprocess.Popen([sys.executable, "-m", "nixl_memkv", "server", "--data-dir", data, "--host", HOST,
                              "--port", "9900", "--dram-capacity", "1GiB", "--disk-capacity", "0",
-                             "--rdma-devices", DEVICE], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--rdma-devices", DEVICE], env=env, stdout=node_log, stderr=subprocess.STDOUT,
+                            cwd=data)  # not the checkout: import the installed package
     rows = []
     try:
         def client(transport: str):
@@ -121,7 +124,8 @@ def main() -> int:
                 break
             except Exception:
                 if time.monotonic() > deadline or node.poll() is not None:
-                    raise RuntimeError("the node did not start")
+                    node_log.seek(0)
+                    raise RuntimeError(f"the node did not start:\n{node_log.read()[-3000:]}")
                 time.sleep(0.5)
         rdma, tcp = client("rdma"), client("tcp")
         for size in SIZES:

@@ -33,7 +33,7 @@ if [ "${MEMKV_TEST_RDMA:-1}" = 0 ]; then
 else
   echo "RDMA suite: tests/rdma in a soft-RoCE guest (scripts/rdma-vm.sh)"
   set +e
-  bash scripts/rdma-vm.sh --timeout 1200 -- python3 -P -m pytest -q -p no:cacheprovider --color=no \
+  bash scripts/rdma-vm.sh --mem 12288 --timeout 1200 -- python3 -P -m pytest -q -p no:cacheprovider --color=no \
     --confcutdir=tests/rdma tests/rdma
   rdma_rc=$?
   set -e

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <fstream>
 
 #include "../common/error.hpp"
@@ -242,7 +243,7 @@ void QueuePair::consume(const ibv_wc* wc, int n, const std::string& peer, bool r
   }
 }
 
-void QueuePair::wait_one(int timeout_ms, const std::string& peer, bool read) {
+int QueuePair::wait_one(int timeout_ms, const std::string& peer, bool read) {
   const Verbs& v = dev_->v();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   // Spin briefly (completions of small transfers come within microseconds),
@@ -257,7 +258,7 @@ void QueuePair::wait_one(int timeout_ms, const std::string& peer, bool read) {
       fail(ErrorKind::Connection, "RDMA device " + dev_->name() + ": polling the completion queue failed");
     }
     consume(wc, n, peer, read);
-    if (n > 0) return;
+    if (n > 0) return n;
     auto now = std::chrono::steady_clock::now();
     if (now < spin_until) continue;
     if (now >= deadline) {
@@ -274,7 +275,7 @@ void QueuePair::wait_one(int timeout_ms, const std::string& peer, bool read) {
     n = ibv_poll_cq(cq_, 16, wc);
     if (n > 0) {
       consume(wc, n, peer, read);
-      return;
+      return n;
     }
     int left = static_cast<int>(
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
@@ -287,11 +288,25 @@ void QueuePair::wait_one(int timeout_ms, const std::string& peer, bool read) {
   }
 }
 
-void QueuePair::run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer) {
+void QueuePair::run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
+                    const OnDone& on_done) {
   if (broken_) fail(ErrorKind::Connection, "RDMA queue pair to " + peer + " over " + dev_->name() + " already failed");
-  for (const RemoteOp& op : ops) {
+  struct Posted {
+    size_t op;
+    uint64_t off, len;
+  };
+  std::deque<Posted> posted;
+  auto reap = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      Posted p = posted.front();
+      posted.pop_front();
+      if (on_done) on_done(p.op, p.off, p.len);
+    }
+  };
+  for (size_t k = 0; k < ops.size(); ++k) {
+    const RemoteOp& op = ops[k];
     for (uint64_t off = 0; off < op.len; off += kMaxWrBytes) {
-      while (in_flight_ >= depth_) wait_one(timeout_ms, peer, read);
+      while (in_flight_ >= depth_) reap(wait_one(timeout_ms, peer, read));
       uint64_t n = std::min(kMaxWrBytes, op.len - off);
       ibv_sge sge{};
       sge.addr = reinterpret_cast<uint64_t>(op.local + off);
@@ -312,9 +327,10 @@ void QueuePair::run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms,
                                         dev_->name() + ": posting failed: " + std::strerror(rc));
       }
       ++in_flight_;
+      posted.push_back({k, off, n});
     }
   }
-  while (in_flight_ > 0) wait_one(timeout_ms, peer, read);
+  while (in_flight_ > 0) reap(wait_one(timeout_ms, peer, read));
 }
 
 #else

@@ -6,6 +6,7 @@
 // peer.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -117,13 +118,19 @@ class QueuePair {
   // all completed. Throws a Connection error naming `peer` and the device
   // on a failed completion or when nothing completes for timeout_ms; the
   // queue pair is then unusable (the connection must be rebuilt).
-  void run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer);
+  // on_done(op index, offset in the op, length) is called for each work
+  // request as it completes, in posting order (RC completes in order), so
+  // the caller can checksum landed bytes while the rest are in flight.
+  using OnDone = std::function<void(size_t, uint64_t, uint64_t)>;
+  void run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
+           const OnDone& on_done = nullptr);
   const Device& device() const { return *dev_; }
 
   static constexpr uint64_t kMaxWrBytes = 1 << 20;
 
  private:
-  void wait_one(int timeout_ms, const std::string& peer, bool read);
+  // Waits for at least one completion; returns how many completed.
+  int wait_one(int timeout_ms, const std::string& peer, bool read);
   void consume(const ibv_wc* wc, int n, const std::string& peer, bool read);
   DevicePtr dev_;
   ibv_comp_channel* channel_ = nullptr;

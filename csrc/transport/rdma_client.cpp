@@ -150,19 +150,28 @@ class RdmaPendingWrite : public PendingWrite {
   Holdings hold;
 };
 
-// How one read item lands: straight in its (registered) segments, or in
-// staging and then copied out.
+// How one read item lands. Gap-free segments are handled one by one:
+// registered ones (or ones registered for this request) are written
+// straight, the others land in staging and are copied out. A range with gaps
+// lands whole in staging (the bytes between segments are checksummed there).
+struct SegmentPlan {
+  enum { Direct, Staged, Temp } how = Direct;
+  size_t slot = 0;
+  uint64_t off = 0;
+  Registrations::EntryPtr reg;
+};
 struct ReadPlan {
-  bool staged = false;
+  bool whole_staged = false;
   size_t slot = 0;
   uint64_t off = 0;
   uint64_t range = 0;
+  std::vector<SegmentPlan> segs;  // when not whole_staged: one per segment
 };
 
 class RdmaPendingRead : public PendingRead {
  public:
-  RdmaPendingRead(const std::vector<ReadTarget>& targets, std::vector<ReadPlan> plans)
-      : targets_(targets), plans_(std::move(plans)) {}
+  explicit RdmaPendingRead(const std::vector<ReadTarget>& targets) : targets_(targets) {}
+  void set_plans(std::vector<ReadPlan> plans) { plans_ = std::move(plans); }
   Holdings hold;
   uint64_t reply_data_len(uint64_t) const override { return 0; }
   uint32_t land(Session&, size_t k, uint64_t, uint64_t len, int) override {
@@ -170,11 +179,11 @@ class RdmaPendingRead : public PendingRead {
     const ReadPlan& p = plans_[k];
     if (len > p.range) fail(ErrorKind::Protocol, "RDMA read reply is longer than the range asked for");
     const uint64_t stop = t.lo + len;
-    if (p.staged) {
+    uint32_t crc = 0;
+    if (p.whole_staged) {
       // The node wrote [lo, lo + len) into the slot: checksum it while
       // copying each segment's part out (hot in cache).
-      const uint8_t* src = hold.pool->slot(hold.slots[p.slot]) + p.off;
-      uint32_t crc = 0;
+      const uint8_t* src = slot_bytes(p.slot, p.off);
       uint64_t pos = t.lo;
       for (const Segment& g : *t.segs) {
         if (g.offset >= stop) break;
@@ -186,15 +195,21 @@ class RdmaPendingRead : public PendingRead {
       if (stop > pos) crc = crc32c(crc, src + (pos - t.lo), stop - pos);
       return crc;
     }
-    uint32_t crc = 0;
-    for (const Segment& g : *t.segs) {
+    for (size_t j = 0; j < t.segs->size(); ++j) {
+      const Segment& g = (*t.segs)[j];
       if (g.offset >= stop) break;
-      crc = crc32c(crc, g.ptr, std::min(g.len, stop - g.offset));
+      uint64_t n = std::min(g.len, stop - g.offset);
+      const SegmentPlan& sp = p.segs[j];
+      if (sp.how == SegmentPlan::Staged)
+        crc = crc32c_copy(crc, static_cast<uint8_t*>(g.ptr), slot_bytes(sp.slot, sp.off), n);
+      else
+        crc = crc32c(crc, g.ptr, n);
     }
     return crc;
   }
 
  private:
+  const uint8_t* slot_bytes(size_t slot, uint64_t off) const { return hold.pool->slot(hold.slots[slot]) + off; }
   const std::vector<ReadTarget>& targets_;
   std::vector<ReadPlan> plans_;
 };
@@ -233,9 +248,11 @@ class RdmaClientMover : public ClientMover {
     }
     hold.pool = &pool;
     if (packer.slots) hold.slots = pool.take(packer.slots, timeout_ms);
-    // Pass 2: descriptors, staging copies and checksums.
+    // Pass 2: descriptors and staging copies (a fully staged value's CRC
+    // is folded into its copy).
     ByteWriter sect;
     std::vector<uint32_t> crcs(values.size(), 0);
+    std::vector<bool> deferred(values.size(), false);  // CRC computed after the head is sent
     uint64_t direct = 0, staged = 0, temp = 0;
     const uint32_t staging_rkey = pool.region(rail_).rkey();
     for (size_t i = 0; i < values.size(); ++i) {
@@ -249,10 +266,10 @@ class RdmaClientMover : public ClientMover {
         Piece& p = plan[i][j];
         switch (p.how) {
           case Piece::Direct:
-            crc = crc32c(crc, v.iov_base, v.iov_len);
             put_desc(sect, v.iov_base, p.reg->per_rail[rail_]->rkey(), v.iov_len);
             hold.pinned.push_back(std::move(p.reg));
             direct += v.iov_len;
+            deferred[i] = true;
             break;
           case Piece::Staged: {
             uint8_t* dst = pool.slot(hold.slots[p.slot]) + p.off;
@@ -262,11 +279,11 @@ class RdmaClientMover : public ClientMover {
             break;
           }
           case Piece::Temp:
-            crc = crc32c(crc, v.iov_base, v.iov_len);
             hold.temp.push_back(
                 std::make_unique<rdma::MemoryRegion>(rc_.rail(rail_), v.iov_base, v.iov_len, IBV_ACCESS_REMOTE_READ));
             put_desc(sect, v.iov_base, hold.temp.back()->rkey(), v.iov_len);
             temp += v.iov_len;
+            deferred[i] = true;
             break;
         }
       }
@@ -274,7 +291,29 @@ class RdmaClientMover : public ClientMover {
     }
     rc_.count(direct, staged, temp, false);
     meta.insert(meta.end(), sect.data().begin(), sect.data().end());
-    s.send_seals(op, kFlagRdma, meta, crcs, timeout_ms);
+    // The node starts READing as soon as it has the metadata; the seals
+    // follow, so checksumming registered memory overlaps the transfer.
+    FrameHeader h = s.send_unsealed_head(op, kFlagRdma, meta, static_cast<uint32_t>(values.size()), timeout_ms);
+    std::vector<uint8_t> seals;
+    seals.reserve(std::min<size_t>(values.size(), 4096) * kSealLen);
+    auto flush = [&] {
+      if (!seals.empty()) s.sock().send_all(seals.data(), seals.size(), timeout_ms);
+      seals.clear();
+    };
+    constexpr uint64_t kFlushBefore = 256 * 1024;  // a CRC this long is worth a send of the seals before it
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (deferred[i]) {
+        uint64_t n = 0;
+        for (const struct iovec& v : values[i]) n += v.iov_len;
+        if (n >= kFlushBefore) flush();
+        uint32_t crc = 0;
+        for (const struct iovec& v : values[i]) crc = crc32c(crc, v.iov_base, v.iov_len);
+        crcs[i] = crc;
+      }
+      seals.resize(seals.size() + kSealLen);
+      s.make_seal(h, static_cast<uint32_t>(i), crcs[i], seals.data() + seals.size() - kSealLen);
+    }
+    flush();
     return pw;
   }
 
@@ -283,15 +322,8 @@ class RdmaClientMover : public ClientMover {
     StagingPool& pool = rc_.staging();
     SlotPacker packer{pool.slot_bytes(), pool.slots()};
     std::vector<ReadPlan> plans(targets.size());
-    // Per item: registered, gap-free segments are written straight; the
-    // rest go through staging, or are registered for this request when the
-    // range fits no slot. Reads of unknown size, or large ranges with gaps,
-    // stream over TCP instead (the whole frame).
-    struct Direct {
-      std::vector<std::pair<const Segment*, Registrations::EntryPtr>> segs;
-      bool temp = false;
-    };
-    std::vector<Direct> direct(targets.size());
+    // Reads of unknown size, and large ranges with gaps, stream over TCP
+    // instead (the whole frame).
     bool inline_frame = false;
     for (size_t k = 0; k < targets.size() && !inline_frame; ++k) {
       const ReadTarget& t = targets[k];
@@ -299,60 +331,73 @@ class RdmaClientMover : public ClientMover {
         inline_frame = true;
         break;
       }
+      ReadPlan& p = plans[k];
       uint64_t pos = t.lo;
-      bool contiguous = true, registered = true;
+      bool contiguous = true;
       for (const Segment& g : *t.segs) {
         contiguous &= g.offset == pos;
         pos = g.offset + g.len;
-        if (!g.len) continue;
-        auto reg = rc_.find(g.ptr, g.len);
-        registered &= reg != nullptr;
-        direct[k].segs.emplace_back(&g, std::move(reg));
       }
-      plans[k].range = pos - t.lo;
-      if (contiguous && registered) continue;
-      if (packer.place(plans[k].range, &plans[k].slot, &plans[k].off)) {
-        plans[k].staged = true;
-      } else if (contiguous) {
-        direct[k].temp = true;
-      } else {
-        inline_frame = true;
+      p.range = pos - t.lo;
+      if (!contiguous) {
+        p.whole_staged = packer.place(p.range, &p.slot, &p.off);
+        inline_frame = !p.whole_staged;
+        continue;
+      }
+      for (const Segment& g : *t.segs) {
+        SegmentPlan sp;
+        if (g.len && !(sp.reg = rc_.find(g.ptr, g.len)))
+          sp.how = packer.place(g.len, &sp.slot, &sp.off) ? SegmentPlan::Staged : SegmentPlan::Temp;
+        p.segs.push_back(std::move(sp));
       }
     }
     if (inline_frame) {
       rc_.count(0, 0, 0, true);
       return TcpClientMover().send_read(s, op, std::move(meta), targets, timeout_ms);
     }
-    auto pr = std::make_unique<RdmaPendingRead>(targets, plans);
+    auto pr = std::make_unique<RdmaPendingRead>(targets);
     Holdings& hold = pr->hold;
     hold.pool = &pool;
     if (packer.slots) hold.slots = pool.take(packer.slots, timeout_ms);
+    const uint32_t staging_rkey = pool.region(rail_).rkey();
     ByteWriter sect;
     uint64_t zero_copy = 0, staged = 0, temp = 0;
     for (size_t k = 0; k < targets.size(); ++k) {
-      const ReadPlan& p = plans[k];
-      if (p.staged) {
+      ReadPlan& p = plans[k];
+      if (p.whole_staged) {
         sect.u32(p.range ? 1 : 0);
-        if (p.range) put_desc(sect, pool.slot(hold.slots[p.slot]) + p.off, pool.region(rail_).rkey(), p.range);
+        if (p.range) put_desc(sect, pool.slot(hold.slots[p.slot]) + p.off, staging_rkey, p.range);
         staged += p.range;
         continue;
       }
-      sect.u32(static_cast<uint32_t>(direct[k].segs.size()));
-      for (auto& [g, reg] : direct[k].segs) {
-        uint32_t rkey;
-        if (reg) {
-          rkey = reg->per_rail[rail_]->rkey();
-          hold.pinned.push_back(std::move(reg));
-          zero_copy += g->len;
-        } else {
-          hold.temp.push_back(std::make_unique<rdma::MemoryRegion>(
-              rc_.rail(rail_), g->ptr, g->len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE));
-          rkey = hold.temp.back()->rkey();
-          temp += g->len;
+      uint32_t nseg = 0;
+      for (const Segment& g : *targets[k].segs) nseg += g.len ? 1 : 0;
+      sect.u32(nseg);
+      for (size_t j = 0; j < p.segs.size(); ++j) {
+        const Segment& g = (*targets[k].segs)[j];
+        if (!g.len) continue;
+        SegmentPlan& sp = p.segs[j];
+        switch (sp.how) {
+          case SegmentPlan::Direct:
+            put_desc(sect, g.ptr, sp.reg->per_rail[rail_]->rkey(), g.len);
+            hold.pinned.push_back(std::move(sp.reg));
+            zero_copy += g.len;
+            break;
+          case SegmentPlan::Staged:
+            put_desc(sect, pool.slot(hold.slots[sp.slot]) + sp.off, staging_rkey, g.len);
+            staged += g.len;
+            break;
+          case SegmentPlan::Temp:
+            hold.temp.push_back(std::make_unique<rdma::MemoryRegion>(
+                rc_.rail(rail_), g.ptr, g.len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE));
+            put_desc(sect, g.ptr, hold.temp.back()->rkey(), g.len);
+            temp += g.len;
+            break;
         }
-        put_desc(sect, g->ptr, rkey, g->len);
       }
     }
+    // The plans' registrations were moved into `hold`; land() needs only how and where.
+    pr->set_plans(std::move(plans));
     rc_.count(zero_copy, staged, temp, false);
     meta.insert(meta.end(), sect.data().begin(), sect.data().end());
     s.send_frame(op, 0, meta, nullptr, 0, 0, timeout_ms, kFlagRdma);

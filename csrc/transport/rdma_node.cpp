@@ -112,8 +112,11 @@ class RdmaNodeMover : public NodeMover {
     if (const rdma::MemoryRegion* mr = local(dst, size)) {
       std::vector<rdma::RemoteOp> ops;
       map_ops(ops, dst, mr->lkey(), size, d, 0);
-      qp_->run(true, ops, timeout_ms, peer_);
-      return crc32c(0, dst, size);
+      // Each piece is checksummed as it lands, while later ones are in flight.
+      uint32_t crc = 0;
+      qp_->run(true, ops, timeout_ms, peer_,
+               [&](size_t k, uint64_t off, uint64_t len) { crc = crc32c(crc, ops[k].local + off, len); });
+      return crc;
     }
     // Value memory outside the registered arena: READ through the bounce
     // buffer a piece at a time.

@@ -215,17 +215,16 @@ void Session::send_sealed(uint8_t op, const std::vector<uint8_t>& meta,
   }
 }
 
-void Session::send_seals(uint8_t op, uint8_t flags, const std::vector<uint8_t>& meta,
-                         const std::vector<uint32_t>& crcs, int timeout_ms) {
+FrameHeader Session::send_unsealed_head(uint8_t op, uint8_t flags, const std::vector<uint8_t>& meta, uint32_t n,
+                                        int timeout_ms) {
   FrameHeader h{};
   h.op = op;
   h.flags = flags;
-  h.data_len = crcs.size() * kSealLen;
+  h.data_len = uint64_t{n} * kSealLen;
   seal(&h, meta);
-  std::vector<uint8_t> seals(crcs.size() * kSealLen);
-  for (uint32_t i = 0; i < crcs.size(); ++i) seal_value(h, i, crcs[i], seals.data() + i * kSealLen);
-  struct iovec iov[3] = {{&h, sizeof(h)}, {const_cast<uint8_t*>(meta.data()), meta.size()}, {seals.data(), seals.size()}};
-  sock_.send_iov(iov, 3, timeout_ms);
+  struct iovec iov[2] = {{&h, sizeof(h)}, {const_cast<uint8_t*>(meta.data()), meta.size()}};
+  sock_.send_iov(iov, 2, timeout_ms);
+  return h;
 }
 
 uint32_t Session::recv_seal(const FrameHeader& h, uint32_t index, int timeout_ms) {

@@ -43,10 +43,15 @@ class Session {
   // protocol.hpp). `values[i]` lists value i's pieces in order.
   void send_sealed(uint8_t op, const std::vector<uint8_t>& meta, const std::vector<std::vector<struct iovec>>& values,
                    int timeout_ms);
-  // Sends a request whose values travel outside the frame (RDMA): header +
-  // metadata, then only the seals of values whose CRCs are `crcs`.
-  void send_seals(uint8_t op, uint8_t flags, const std::vector<uint8_t>& meta, const std::vector<uint32_t>& crcs,
-                  int timeout_ms);
+  // A request whose `n` values travel outside the frame (RDMA): first the
+  // header and metadata (the node can start moving values), then each
+  // value's seal as its CRC becomes known, in order.
+  FrameHeader send_unsealed_head(uint8_t op, uint8_t flags, const std::vector<uint8_t>& meta, uint32_t n,
+                                 int timeout_ms);
+  // The seal of value `index` of frame h (its bytes go to sock() as they are).
+  void make_seal(const FrameHeader& h, uint32_t index, uint32_t crc, uint8_t out[kSealLen]) {
+    seal_value(h, index, crc, out);
+  }
   // Reads the seal of value `index` of frame `h`, checks its MAC (a protocol
   // error if it fails) and returns the value's CRC.
   uint32_t recv_seal(const FrameHeader& h, uint32_t index, int timeout_ms);
