@@ -119,6 +119,48 @@ def status(servers, admins, as_json, timeout) -> None:
         sys.exit(1)
 
 
+@main.command("rdma-info")
+@click.option("--source", type=click.Choice(["auto", "pyverbs", "sysfs"]), default="auto", show_default=True,
+              help="Where the facts come from (auto: pyverbs when importable, else sysfs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
+def rdma_info(source, as_json) -> None:
+    """RDMA devices, ports, state, MTU and GIDs (what MEMKV_RDMA_DEVICES names)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import _client
+    from .rdma_info import describe, usable_summary
+
+    try:
+        used, devices = describe(source)
+    except RuntimeError as e:
+        _fail(e)
+    built, why = _client.rdma_build_info()
+    if as_json:
+        click.echo(json.dumps({"source": used, "devices": devices, "rdma_transport_built": built,
+                               "rdma_unavailable": why}, indent=2))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 160)  # GIDs stay whole in pipes and logs
+    if not devices:
+        console.print(f"no RDMA devices ({used}); MemKV uses TCP here")
+    for d in devices:
+        t = Table(title=f"{d['name']} (node GUID {d['node_guid']}, from {used})")
+        for col in ("port", "state", "link layer", "active MTU", "GID index", "GID", "type", "netdev"):
+            t.add_column(col, no_wrap=col == "GID", min_width=39 if col == "GID" else None)
+        for p in d["ports"]:
+            first = True
+            for g in p["gids"] or [{"index": "", "gid": "", "type": "", "netdev": ""}]:
+                t.add_row(str(p["port"]) if first else "", p["state"] if first else "",
+                          p["link_layer"] if first else "", str(p["active_mtu"] or "?") if first else "",
+                          str(g["index"]), g["gid"], g["type"], g["netdev"])
+                first = False
+        console.print(t)
+    usable = usable_summary(devices)
+    if usable:
+        console.print(f"MEMKV_RDMA_DEVICES={','.join(usable)} names every device with an active port")
+    console.print("RDMA transport: " + ("available" if built and not why else f"unavailable ({why})"))
+
+
 @main.command()
 def keygen() -> None:
     """Print a fresh cluster auth key (64 hex) for MEMKV_AUTH_KEY."""

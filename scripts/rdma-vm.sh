@@ -39,7 +39,7 @@ mkdir -p "$cache"
 say() { echo "rdma-vm: $*" >&2; }
 
 # ---- host packages -------------------------------------------------------------------------
-packages=(qemu-system-x86 rdma-core ibverbs-providers ibverbs-utils libibverbs-dev perftest iproute2
+packages=(qemu-system-x86 rdma-core ibverbs-providers ibverbs-utils libibverbs-dev perftest python3-pyverbs iproute2
           busybox-static cpio kmod xz-utils zstd)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
