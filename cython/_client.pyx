@@ -70,6 +70,7 @@ cdef extern from "../csrc/client/client.hpp" namespace "memkv":
         void close() nogil
         cbool register_memory(void*, uint64_t) except +raise_py_error nogil
         cbool unregister_memory(void*) except +raise_py_error nogil
+        cbool is_registered(const void*, uint64_t) nogil
         string transport_name()
         string rail_device(size_t)
 
@@ -131,7 +132,7 @@ cdef class _Views:
         self.n = 0
         self.keep = []
 
-    cdef int acquire(self, list objs, bint writable) except -1:
+    cdef int acquire(self, list objs, bint writable, _RegistrationCache cache=None) except -1:
         cdef int flags = PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
         cdef Py_ssize_t count = len(objs)
         self.bufs = <Py_buffer*>calloc(count if count else 1, sizeof(Py_buffer))
@@ -145,6 +146,8 @@ cdef class _Views:
                 self.ptrs.push_back(self.bufs[self.n].buf)
                 self.lens.push_back(<uint64_t>self.bufs[self.n].len)
                 self.n += 1
+                if cache is not None and (type(obj) is bytes or hasattr(obj, "__array_interface__")):
+                    cache.note(obj, self.ptrs.back(), self.lens.back(), writable)
             elif hasattr(obj, "data_ptr") and hasattr(obj, "element_size"):
                 if getattr(obj, "device", None) is not None and obj.device.type != "cpu":
                     raise TypeError("tensor is on %s: MemKV reads and writes CPU memory (copy it to the CPU first)" % obj.device)
@@ -153,6 +156,8 @@ cdef class _Views:
                 self.keep.append(obj)
                 self.ptrs.push_back(<void*><size_t>obj.data_ptr())
                 self.lens.push_back(<uint64_t>(obj.numel() * obj.element_size()))
+                if cache is not None:
+                    cache.note(obj, self.ptrs.back(), self.lens.back(), writable)
             else:
                 raise TypeError("expected bytes, bytearray, memoryview, a numpy array or a CPU torch tensor, got %s"
                                 % type(obj).__name__)
@@ -164,6 +169,88 @@ cdef class _Views:
             for i in range(self.n):
                 PyBuffer_Release(&self.bufs[i])
             free(self.bufs)
+
+
+cdef class _RegistrationCache:
+    """Buffers passed again and again (a reused numpy array, a torch tensor,
+    bytes) are registered with the RDMA rails on their second use, so later
+    transfers from and to them are zero-copy instead of staged. Each
+    registered object is kept alive while registered (so no other memory can
+    take its address), and the whole is bounded in bytes, least recently
+    used out first. Only those types: holding an export of a bytearray would
+    stop its owner from resizing it."""
+    cdef Client* c
+    cdef object entries  # OrderedDict: (addr, len) -> object kept alive
+    cdef object seen     # OrderedDict: (addr, len) seen once, bounded
+    cdef uint64_t limit
+    cdef readonly uint64_t used, registrations, evictions
+
+    def __cinit__(self):
+        import collections
+        self.c = NULL
+        self.entries = collections.OrderedDict()
+        self.seen = collections.OrderedDict()
+
+    cdef void attach(self, Client* c, uint64_t limit):
+        self.c = c
+        self.limit = limit
+
+    cdef int note(self, object obj, void* ptr, uint64_t n, bint writable) except -1:
+        if self.c == NULL or n < MIN_CACHED or n > self.limit:
+            return 0
+        key = (<size_t>ptr, n)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return 0
+        if key not in self.seen:
+            self.seen[key] = None
+            if len(self.seen) > 4096:
+                self.seen.popitem(last=False)
+            return 0
+        del self.seen[key]
+        if self.c.is_registered(ptr, n):  # inside an explicit registration already
+            return 0
+        cdef cbool ok
+        with nogil:
+            ok = self.c.register_memory(ptr, n)
+        if not ok:
+            return 0
+        # The tensor's storage (not the tensor, which may be resized onto new
+        # memory) or the buffer's exporter stays alive while registered.
+        self.entries[key] = obj.untyped_storage() if hasattr(obj, "untyped_storage") else obj
+        self.used += n
+        self.registrations += 1
+        while self.used > self.limit:
+            self._evict_oldest()
+        return 0
+
+    cdef void _evict_oldest(self):
+        (addr, n), _ = self.entries.popitem(last=False)
+        self.c.unregister_memory(<void*><size_t>addr)
+        self.used -= n
+        self.evictions += 1
+
+    cdef void forget(self, size_t addr):
+        for key in [k for k in self.entries if k[0] == addr]:
+            del self.entries[key]
+            self.c.unregister_memory(<void*>addr)
+            self.used -= key[1]
+
+    cdef void clear(self):
+        if self.c != NULL:
+            for addr, _ in self.entries:
+                self.c.unregister_memory(<void*><size_t>addr)
+        self.entries.clear()
+        self.seen.clear()
+        self.used = 0
+        self.c = NULL
+
+    def stats(self):
+        return {"cached_bytes": self.used, "cached_buffers": len(self.entries), "limit_bytes": self.limit,
+                "registrations": self.registrations, "evictions": self.evictions}
+
+
+MIN_CACHED = 64 * 1024  # smaller buffers are cheaper to stage than to register
 
 
 cdef extern from "Python.h":
@@ -210,10 +297,11 @@ cdef class NativeClient:
     cdef readonly list servers
     cdef int _busy       # calls running with the GIL released
     cdef bint _closed
+    cdef _RegistrationCache _regs
 
     def __cinit__(self, list servers, bytes auth_key, int num_connections, int connect_timeout_ms, int op_timeout_ms,
                   str transport="tcp", list rdma_devices=None, uint64_t staging_bytes=256 << 20,
-                  uint64_t staging_slot_bytes=16 << 20):
+                  uint64_t staging_slot_bytes=16 << 20, uint64_t registration_cache_bytes=1 << 30):
         """servers: list of (name, host, port); name is the routing identity.
         transport: "tcp", "rdma" (RDMA or an error) or "auto" (RDMA to nodes
         that offer it)."""
@@ -234,6 +322,9 @@ cdef class NativeClient:
         opts.op_timeout_ms = op_timeout_ms
         self.c.reset(new Client(opts))
         self.servers = [s[0] for s in servers]
+        self._regs = _RegistrationCache()
+        if self.c.get().transport_name() == b"rdma" and registration_cache_bytes:
+            self._regs.attach(self.c.get(), registration_cache_bytes)
 
     def route(self, key):
         cdef bytes b = _key_bytes(key)
@@ -246,7 +337,7 @@ cdef class NativeClient:
     def put(self, key, value):
         cdef bytes b = _key_bytes(key)
         cdef _Views v = _Views()
-        v.acquire([value], False)
+        v.acquire([value], False, self._regs)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef void* p = v.ptrs[0]
         cdef uint64_t n = v.lens[0]
@@ -275,7 +366,7 @@ cdef class NativeClient:
     def get_into(self, key, buffer):
         cdef bytes b = _key_bytes(key)
         cdef _Views v = _Views()
-        v.acquire([buffer], True)
+        v.acquire([buffer], True, self._regs)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef void* p = v.ptrs[0]
         cdef uint64_t n = v.lens[0]
@@ -341,7 +432,7 @@ cdef class NativeClient:
     def put_part(self, key, uint64_t upload_id, uint64_t total, uint64_t offset, value):
         cdef bytes b = _key_bytes(key)
         cdef _Views v = _Views()
-        v.acquire([value], False)
+        v.acquire([value], False, self._regs)
         cdef string_view k = string_view(PyBytes_AS_STRING(b), len(b))
         cdef void* p = v.ptrs[0]
         cdef uint64_t n = v.lens[0]
@@ -370,7 +461,7 @@ cdef class NativeClient:
             raise ValueError("batch_put: %d keys but %d values" % (len(keys), len(values)))
         cdef _Keys ks = _Keys(keys)
         cdef _Views v = _Views()
-        v.acquire(values, False)
+        v.acquire(values, False, self._regs)
         cdef vector[const void*] ptrs
         cdef size_t i
         for i in range(v.ptrs.size()):
@@ -391,7 +482,7 @@ cdef class NativeClient:
             raise ValueError("batch_get_into: %d keys but %d buffers" % (len(keys), len(buffers)))
         cdef _Keys ks = _Keys(keys)
         cdef _Views v = _Views()
-        v.acquire(buffers, True)
+        v.acquire(buffers, True, self._regs)
         cdef vector[int64_t] res
         cdef vector[string] errs
         cdef Client* cl = self._use()
@@ -436,7 +527,7 @@ cdef class NativeClient:
         cdef _Keys ks = _Keys(keys)
         cdef _Views v = _Views()
         cdef vector[vector[Segment]] segs
-        _fill_segments(seglists, &segs, v, False)
+        _fill_segments(seglists, &segs, v, False, self._regs)
         cdef vector[int] st
         cdef vector[string] errs
         cdef Client* cl = self._use()
@@ -457,7 +548,7 @@ cdef class NativeClient:
         cdef _Keys ks = _Keys(keys)
         cdef _Views v = _Views()
         cdef vector[vector[Segment]] segs
-        _fill_segments(seglists, &segs, v, True)
+        _fill_segments(seglists, &segs, v, True, self._regs)
         cdef vector[int64_t] res
         cdef vector[string] errs
         cdef Client* cl = self._use()
@@ -487,6 +578,7 @@ cdef class NativeClient:
         cdef _Views v = _Views()
         v.acquire([obj], True)
         addr = <uint64_t><size_t>v.ptrs[0]
+        self._regs.forget(addr)  # an explicit registration replaces a cached one
         if not self.register_memory(addr, v.lens[0]):
             return None
         return addr, v
@@ -522,6 +614,9 @@ cdef class NativeClient:
         finally:
             self._done()
 
+    def registration_cache_stats(self):
+        return self._regs.stats()
+
     def rdma_stats(self):
         cdef Client* cl = self._use()
         cdef vector[uint64_t] v
@@ -539,6 +634,7 @@ cdef class NativeClient:
         if self._closed:
             return
         self._closed = True
+        self._regs.clear()
         cdef Client* cl = self.c.get()
         if cl != NULL:
             with nogil:
@@ -561,7 +657,8 @@ cdef class NativeClient:
             self.c.reset()
 
 
-cdef int _fill_segments(list seglists, vector[vector[Segment]]* out, _Views v, bint writable) except -1:
+cdef int _fill_segments(list seglists, vector[vector[Segment]]* out, _Views v, bint writable,
+                        _RegistrationCache cache=None) except -1:
     # Buffer targets are acquired first (in one _Views, released after the
     # call); raw addresses are taken as given.
     cdef list objs = []
@@ -569,7 +666,7 @@ cdef int _fill_segments(list seglists, vector[vector[Segment]]* out, _Views v, b
         for seg in segs:
             if not isinstance(seg[1], int):
                 objs.append(seg[1])
-    v.acquire(objs, writable)
+    v.acquire(objs, writable, cache)
     cdef size_t vi = 0
     cdef Segment g
     cdef uint64_t prev_end

@@ -55,7 +55,7 @@ class Client:
         self._native = _client.NativeClient(
             nodes, config.auth_key, config.num_connections, config.connect_timeout_ms, config.op_timeout_ms,
             native_transport_mode(config, self.transport), usable_rails(config, self.transport),
-            config.staging_size_mb << 20, config.staging_slot_mb << 20)
+            config.staging_size_mb << 20, config.staging_slot_mb << 20, config.registration_cache_mb << 20)
         self._ns = config.namespace.encode() if config.namespace else b""
         self._registered: dict[int, Any] = {}
         log_rails(config, self._native)

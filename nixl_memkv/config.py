@@ -413,6 +413,7 @@ class ClientConfig:
     license_pubkey: str | None = None  # 64 hex, or a path to a key file
     staging_size_mb: int = 256
     staging_slot_mb: int = 16  # 1 <= slot <= staging_size_mb
+    registration_cache_mb: int = 1024  # RDMA: reused Python buffers registered on second use; 0 = off
     num_connections: int = 4  # per server, 1..256
     connect_timeout_ms: int = 5000
     op_timeout_ms: int = 30000
@@ -515,6 +516,7 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "license_pubkey": _parse_pubkey,
     "staging_size_mb": _int_parser(1),
     "staging_slot_mb": _int_parser(1),
+    "registration_cache_mb": _int_parser(0),
     "num_connections": _int_parser(1, 256),
     "connect_timeout_ms": _int_parser(1),
     "op_timeout_ms": _int_parser(1),

@@ -34,7 +34,10 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { echo "rdma-vm: give a command after --" >&2; exit 125; }
 
-cache=${MEMKV_RDMA_VM_CACHE:-$HOME/.cache/memkv-rdma-vm}
+cache_root=${MEMKV_RDMA_VM_CACHE:-$HOME/.cache/memkv-rdma-vm}
+# Boot files are kept per version of this script: a changed init or module
+# list builds them again.
+cache="$cache_root/$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
 mkdir -p "$cache"
 say() { echo "rdma-vm: $*" >&2; }
 
@@ -105,6 +108,7 @@ cwd=$(arg memkv_cwd); script=$(arg memkv_script)
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /root
 for d in proc sys dev; do mount --bind /$d /root/$d; done
 for d in tmp run dev/shm; do mount -t tmpfs tmpfs /root/$d; done
+mkdir -p "/root$cwd" 2>/dev/null  # a checkout under /tmp sits on the fresh tmpfs
 mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288 work "/root$cwd"
 ip link set lo up
 ip link add memkv0 type dummy && ip link set memkv0 up

@@ -76,6 +76,14 @@ bool Client::unregister_memory(void* p) {
   return false;
 }
 
+bool Client::is_registered(const void* p, uint64_t n) const {
+#if MEMKV_WITH_VERBS
+  if (transport::RdmaClient* r = transport_->rdma()) return r->find(p, n) != nullptr;
+#endif
+  (void)p, (void)n;
+  return false;
+}
+
 std::string Client::transport_name() const { return transport_->rdma() ? "rdma" : "tcp"; }
 
 void Client::close() {

@@ -97,6 +97,8 @@ class Client {
   // unregister_memory(p). Returns false when there is no RDMA to register with.
   bool register_memory(void* p, uint64_t n);
   bool unregister_memory(void* p);
+  // Whether [p, p + n) lies inside a registration (false over TCP).
+  bool is_registered(const void* p, uint64_t n) const;
   // "rdma" when this client has RDMA rails, else "tcp"; the device server i uses.
   std::string transport_name() const;
   std::string rail_device(size_t server) const { return transport_->rail_device(server); }

@@ -52,7 +52,7 @@ ServerPool::Lease ServerPool::acquire() {
 void ServerPool::release(Lease&& lease, bool healthy) {
   std::lock_guard<std::mutex> lk(mu_);
   --in_use_;
-  if (healthy && lease.conn.session) idle_.push_back(std::move(lease.conn));
+  if (healthy && lease.conn.session && lease.conn.mover->usable()) idle_.push_back(std::move(lease.conn));
   cv_.notify_one();
 }
 

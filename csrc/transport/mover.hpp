@@ -70,6 +70,9 @@ class ClientMover {
  public:
   virtual ~ClientMover() = default;
   virtual const char* name() const = 0;
+  // False once the connection's transport failed (its queue pair is in the
+  // error state): the connection must not go back to the pool.
+  virtual bool usable() const { return true; }
   // Sends a request carrying values (PUT, BATCH_PUT, PUT_PART): values[i]
   // lists value i's pieces in order.
   virtual std::unique_ptr<PendingWrite> send_values(wire::Session& s, uint8_t op, std::vector<uint8_t> meta,

@@ -182,6 +182,13 @@ QueuePair::~QueuePair() {
   if (channel_) v.destroy_comp_channel(channel_);
 }
 
+void QueuePair::kill() {
+  ibv_qp_attr a{};
+  a.qp_state = IBV_QPS_ERR;
+  dev_->v().modify_qp(qp_, &a, IBV_QP_STATE);
+  broken_ = true;
+}
+
 QpInfo QueuePair::local_info() const {
   QpInfo q;
   std::memcpy(q.gid, dev_->gid().raw, sizeof(q.gid));

@@ -125,6 +125,11 @@ class QueuePair {
   void run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
            const OnDone& on_done = nullptr);
   const Device& device() const { return *dev_; }
+  // Moves the queue pair to the error state: the peer's READs and WRITEs of
+  // our memory fail from now on (a request given up on must not have its
+  // buffers written after they are reused).
+  void kill();
+  bool broken() const { return broken_; }
 
   static constexpr uint64_t kMaxWrBytes = 1 << 20;
 

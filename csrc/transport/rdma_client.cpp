@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <exception>
 
 #include "../common/crc32c.hpp"
 #include "../common/error.hpp"
@@ -107,13 +108,21 @@ void StagingPool::give(const std::vector<size_t>& slots) {
 
 namespace {
 
-// Slots and temporary registrations one request holds until it ends.
+// Slots and registrations one request holds until it ends. A request that
+// ends by an exception (a timeout, a dead connection) may still have the node
+// moving bytes: its queue pair is killed first, so no late WRITE lands in a
+// slot or buffer that is reused.
 struct Holdings {
+  explicit Holdings(rdma::QueuePair* q) : qp(q) {}
+  rdma::QueuePair* qp;
+  const int exceptions_at_start = std::uncaught_exceptions();
   StagingPool* pool = nullptr;
   std::vector<size_t> slots;
   std::vector<std::unique_ptr<rdma::MemoryRegion>> temp;
   std::vector<Registrations::EntryPtr> pinned;  // explicit registrations in use
   ~Holdings() {
+    if (std::uncaught_exceptions() > exceptions_at_start) qp->kill();
+    temp.clear();
     if (pool) pool->give(slots);
   }
 };
@@ -147,6 +156,7 @@ void put_desc(ByteWriter& w, const void* addr, uint32_t rkey, uint64_t len) {
 
 class RdmaPendingWrite : public PendingWrite {
  public:
+  explicit RdmaPendingWrite(rdma::QueuePair* qp) : hold(qp) {}
   Holdings hold;
 };
 
@@ -170,7 +180,7 @@ struct ReadPlan {
 
 class RdmaPendingRead : public PendingRead {
  public:
-  explicit RdmaPendingRead(const std::vector<ReadTarget>& targets) : targets_(targets) {}
+  RdmaPendingRead(const std::vector<ReadTarget>& targets, rdma::QueuePair* qp) : hold(qp), targets_(targets) {}
   void set_plans(std::vector<ReadPlan> plans) { plans_ = std::move(plans); }
   Holdings hold;
   uint64_t reply_data_len(uint64_t) const override { return 0; }
@@ -219,11 +229,12 @@ class RdmaClientMover : public ClientMover {
   RdmaClientMover(RdmaClient& rc, size_t rail, std::unique_ptr<rdma::QueuePair> qp)
       : rc_(rc), rail_(rail), qp_(std::move(qp)) {}
   const char* name() const override { return "rdma"; }
+  bool usable() const override { return !qp_->broken(); }
 
   std::unique_ptr<PendingWrite> send_values(Session& s, uint8_t op, std::vector<uint8_t> meta,
                                             const std::vector<std::vector<struct iovec>>& values,
                                             int timeout_ms) override {
-    auto pw = std::make_unique<RdmaPendingWrite>();
+    auto pw = std::make_unique<RdmaPendingWrite>(qp_.get());
     Holdings& hold = pw->hold;
     StagingPool& pool = rc_.staging();
     // Pass 1: registered pieces go as they are; the others are packed into
@@ -355,7 +366,7 @@ class RdmaClientMover : public ClientMover {
       rc_.count(0, 0, 0, true);
       return TcpClientMover().send_read(s, op, std::move(meta), targets, timeout_ms);
     }
-    auto pr = std::make_unique<RdmaPendingRead>(targets);
+    auto pr = std::make_unique<RdmaPendingRead>(targets, qp_.get());
     Holdings& hold = pr->hold;
     hold.pool = &pool;
     if (packer.slots) hold.slots = pool.take(packer.slots, timeout_ms);

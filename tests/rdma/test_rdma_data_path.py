@@ -151,3 +151,34 @@ def test_node_killed_mid_batch_fails_in_time_then_serves_again(nodes, make_clien
     with pytest.raises(ConnectionFailed):
         n.kill()
         c.get("kill/after")
+
+
+def test_reused_buffers_are_registered_on_second_use_within_the_bound(cluster3, make_client):
+    c = make_client(cluster3, registration_cache_mb=2)
+    a = payload(1 << 20, 11)
+    s0 = c._native.rdma_stats()
+    c.put("cache/a", a)                     # first use: staged
+    s1 = c._native.rdma_stats()
+    assert s1["staged_bytes"] - s0["staged_bytes"] == a.nbytes and s1["zero_copy_bytes"] == s0["zero_copy_bytes"]
+    c.put("cache/a", a)                     # second use: registered, zero-copy
+    out = np.zeros_like(a)
+    c.get_into("cache/a", out)              # a new buffer: staged
+    c.get_into("cache/a", out)              # its second use: zero-copy
+    s2 = c._native.rdma_stats()
+    assert s2["zero_copy_bytes"] - s1["zero_copy_bytes"] == 2 * a.nbytes
+    assert np.array_equal(out, a)
+    assert c._native.registration_cache_stats()["registrations"] == 2
+    # More reused buffers than the 2 MiB bound: the oldest are deregistered.
+    others = [payload(1 << 20, 20 + i) for i in range(4)]
+    for _ in range(2):
+        for i, b in enumerate(others):
+            c.put(f"cache/o{i}", b)
+    st = c._native.registration_cache_stats()
+    assert st["cached_bytes"] <= 2 << 20 and st["evictions"] >= 4
+    assert c._native.rdma_stats()["registered_bytes"] == st["cached_bytes"]
+    assert [c.get(f"cache/o{i}") for i in range(4)] == [b.tobytes() for b in others]
+    # bytearrays are never held (that would stop their owner resizing them)
+    ba = bytearray(a.tobytes())
+    c.put("cache/ba", ba)
+    c.put("cache/ba", ba)
+    ba.extend(b"x")  # still resizable
