@@ -465,7 +465,7 @@ void RdmaClient::count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool 
 RdmaClientStats RdmaClient::stats() const {
   std::lock_guard lk(stats_mu_);
   RdmaClientStats s = stats_;
-  s.staging_waits = const_cast<StagingPool&>(staging_).waits();
+  s.staging_waits = staging_.waits();
   s.registered_bytes = regs_.bytes();
   return s;
 }

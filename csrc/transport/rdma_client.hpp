@@ -6,6 +6,7 @@
 // the bytes (it READs puts from, and WRITEs gets into, this memory), so the
 // client posts no work and needs no progress thread.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -57,7 +58,7 @@ class StagingPool {
   // Takes n slots, waiting up to timeout_ms for them; throws when they do not free up.
   std::vector<size_t> take(size_t n, int timeout_ms);
   void give(const std::vector<size_t>& slots);
-  uint64_t waits() const { return waits_; }
+  uint64_t waits() const { return waits_.load(std::memory_order_relaxed); }
 
  private:
   uint8_t* base_ = nullptr;
@@ -67,7 +68,7 @@ class StagingPool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<size_t> free_;
-  uint64_t waits_ = 0;
+  std::atomic<uint64_t> waits_{0};
 };
 
 struct RdmaClientStats {

@@ -42,6 +42,22 @@ def test_round_trips_every_size_and_buffer_type(cluster3, make_client):
     assert s["zero_copy_bytes"] == 0  # nothing was registered yet
 
 
+def test_torch_tensors_and_multi_part_writes(cluster3, make_client):
+    import torch
+
+    c = make_client(cluster3)
+    t = torch.randn(3, 1 << 18)  # 3 MiB of float32
+    c.put("torch/t", t)
+    out = torch.zeros_like(t)
+    assert c.get_into("torch/t", out) == t.numel() * 4 and torch.equal(out, t)
+    # Three parts over different connections, in any order; visible only when complete.
+    v = payload(5 << 20, 3)
+    parts = [(2 << 20, v[2 << 20: 4 << 20]), (0, v[: 2 << 20]), (4 << 20, v[4 << 20:])]
+    done = [c.put_part("parts/a", 77, v.nbytes, off, p) for off, p in parts]
+    assert done == [False, False, True]
+    assert c.get("parts/a") == v.tobytes()
+
+
 def test_registered_buffers_are_zero_copy(cluster3, make_client):
     c = make_client(cluster3)
     pool = np.zeros(8 << 20, dtype=np.uint8)  # stands in for LMCache's / sglang's host pool
