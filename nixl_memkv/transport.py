@@ -36,8 +36,7 @@ def visible_rdma_devices(sysfs_root: str = SYSFS_INFINIBAND) -> list[str]:
 
 def rdma_unavailable_reason() -> str:
     """Why this process cannot use RDMA at all ("" when it can)."""
-    built, why = _client.rdma_build_info()
-    return why
+    return _client.rdma_build_info()[1]
 
 
 def select_transport(cfg: ClientConfig, *, sysfs_root: str = SYSFS_INFINIBAND) -> str:

@@ -91,3 +91,17 @@ class KvbmBlocks:
     def close(self):
         self.agent.deregister_memory(self.objs, backends=["MEMKV"])
         self.agent.deregister_memory(self.dram, backends=["MEMKV"])
+
+
+def layer_separate_descs(agent: nixl_agent, hashes: list[int], k: np.ndarray, v: np.ndarray, region: int):
+    """KVBM's layer-separate layout: per block, layers x (K, V) regions taken
+    from per-layer buffers (k[layer], v[layer] hold the blocks side by side),
+    written as one object per block. Returns (local, remote) descriptor lists."""
+    local, remote = [], []
+    for b, h in enumerate(hashes):
+        for layer in range(k.shape[0]):
+            for r, buf in enumerate((k, v)):
+                local.append((buf[layer].ctypes.data + b * region, region, 0))
+                remote.append(((layer * 2 + r) * region, region, h))
+    return agent.get_xfer_descs(local, "DRAM"), agent.get_xfer_descs(remote, "OBJ")
+

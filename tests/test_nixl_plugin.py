@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from nixl_helpers import (PLUGIN_DIR, KvbmBlocks, backend_params, blocks, memkv_agent, nixl_agent,
-                          nixl_agent_config, seq_hashes, wait)
+from nixl_helpers import (PLUGIN_DIR, KvbmBlocks, backend_params, blocks, layer_separate_descs, memkv_agent,
+                          nixl_agent, nixl_agent_config, seq_hashes, wait)
 
 from nixl_memkv import Client
 
@@ -70,13 +70,7 @@ def test_layer_separate_layout(params):
     objs = agent.register_memory([(0, block_bytes, h, "") for h in hashes], "OBJ", backends=["MEMKV"])
 
     def descs(kb, vb):
-        local, remote = [], []
-        for b, h in enumerate(hashes):
-            for layer in range(layers):
-                for r, buf in enumerate((kb, vb)):
-                    local.append((buf[layer].ctypes.data + b * region, region, 0))
-                    remote.append(((layer * 2 + r) * region, region, h))
-        return agent.get_xfer_descs(local, "DRAM"), agent.get_xfer_descs(remote, "OBJ")
+        return layer_separate_descs(agent, hashes, kb, vb, region)
 
     for op, bufs in (("WRITE", (k, v)), ("READ", (out_k, out_v))):
         local, remote = descs(*bufs)

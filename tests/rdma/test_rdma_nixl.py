@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import DEVICE
 
-from nixl_helpers import KvbmBlocks, backend_params, blocks, memkv_agent, seq_hashes, wait
+from nixl_helpers import KvbmBlocks, backend_params, blocks, layer_separate_descs, memkv_agent, seq_hashes, wait
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -51,13 +51,7 @@ def test_layer_separate_layout_over_rdma(params, cluster3):
     objs = agent.register_memory([(0, layers * 2 * region, h, "") for h in hashes], "OBJ", backends=["MEMKV"])
 
     def descs(kb, vb):
-        local, remote = [], []
-        for b, h in enumerate(hashes):
-            for layer in range(layers):
-                for r, buf in enumerate((kb, vb)):
-                    local.append((buf[layer].ctypes.data + b * region, region, 0))
-                    remote.append(((layer * 2 + r) * region, region, h))
-        return agent.get_xfer_descs(local, "DRAM"), agent.get_xfer_descs(remote, "OBJ")
+        return layer_separate_descs(agent, hashes, kb, vb, region)
 
     in0, out0 = rdma_bytes(cluster3)
     for op, bufs in (("WRITE", (k, v)), ("READ", (out_k, out_v))):
