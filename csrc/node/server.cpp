@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <system_error>
 
 #include "../common/bytes.hpp"
@@ -207,19 +208,37 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
   conn->done = true;
 }
 
-uint16_t Node::receive_value(Session& s, transport::NodeMover& m, const FrameHeader& h, uint32_t index,
-                             const std::string& key, uint64_t size) {
-  auto refuse = [&](uint16_t st) {
+Node::Incoming Node::prepare_value(Session& s, transport::NodeMover& m, uint32_t index, const std::string& key,
+                                   uint64_t size, bool ahead) {
+  Incoming in;
+  if (!key_ok(key)) {
+    in.status = kKeyInvalid;
+    return in;
+  }
+  PutResult pr = store_->reserve(size, key.size(), &in.reservation, !ahead);
+  if (pr == PutResult::NoSpace && ahead) {
+    in.deferred = true;
+    return in;
+  }
+  if (pr != PutResult::Ok) {
+    in.status = status_of(pr);
+    return in;
+  }
+  in.value = store_->make_value(size);
+  in.started = &m;  // from here an exception must stop the transfer before the buffer goes
+  m.start_receive(s, index, in.value->data, size, opts_.io_timeout_ms);
+  return in;
+}
+
+uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHeader& h, uint32_t index,
+                            const std::string& key, uint64_t size, Incoming in) {
+  if (in.status != kOk) {
     m.skip(s, index, size, opts_.io_timeout_ms);
     s.recv_seal(h, index, opts_.io_timeout_ms);  // framing continues; the value is dropped
-    return st;
-  };
-  if (!key_ok(key)) return refuse(kKeyInvalid);
-  Reservation r;
-  PutResult pr = store_->reserve(size, key.size(), &r);
-  if (pr != PutResult::Ok) return refuse(status_of(pr));
-  ValuePtr v = store_->make_value(size);
-  uint32_t crc = m.receive(s, index, v->data, size, opts_.io_timeout_ms);
+    return in.status;
+  }
+  uint32_t crc = m.receive(s, index, in.value->data, size, opts_.io_timeout_ms);
+  in.started = nullptr;  // its bytes are all in
   bytes_in_ += size;
   if (s.recv_seal(h, index, opts_.io_timeout_ms) != crc) {
     ++checksum_failures_;
@@ -230,7 +249,7 @@ uint16_t Node::receive_value(Session& s, transport::NodeMover& m, const FrameHea
   // or undo a delete the client made since: drop it instead.
   struct pollfd pfd {s.sock().fd(), POLLRDHUP, 0};
   if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) return kShuttingDown;
-  return status_of(store_->commit(key, std::move(v), crc, std::move(r)));
+  return status_of(store_->commit(key, std::move(in.value), crc, std::move(in.reservation)));
 }
 
 void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::vector<uint8_t>& meta) {
@@ -269,7 +288,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       in.expect_end();
       if (size > kMaxDataLen || h.data_len != m.request_data_len(size, 1))
         fail(ErrorKind::Protocol, "put: data length does not match the value size");
-      reply(receive_value(s, m, h, 0, key, size));
+      reply(finish_value(s, m, h, 0, key, size, prepare_value(s, m, 0, key, size)));
       if (rdma) rdma_bytes_in_ += size;
       return;
     }
@@ -351,7 +370,17 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       if (m.request_data_len(total, n) != h.data_len)
         fail(ErrorKind::Protocol, "batch_put: data length does not match the value sizes");
       out.u32(n);
-      for (uint32_t i = 0; i < n; ++i) out.u16(receive_value(s, m, h, i, items[i].first, items[i].second));
+      // Over RDMA the next value's READs are posted before this one is
+      // checksummed and published, so the link does not idle between values.
+      std::optional<Incoming> next;
+      for (uint32_t i = 0; i < n; ++i) {
+        Incoming cur = next && !next->deferred ? std::move(*next)
+                                               : prepare_value(s, m, i, items[i].first, items[i].second);
+        next.reset();
+        if (m.pipelined() && i + 1 < n)
+          next.emplace(prepare_value(s, m, i + 1, items[i + 1].first, items[i + 1].second, true));
+        out.u16(finish_value(s, m, h, i, items[i].first, items[i].second, std::move(cur)));
+      }
       reply(kOk);
       if (rdma) rdma_bytes_in_ += total;
       return;

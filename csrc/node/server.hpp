@@ -74,10 +74,33 @@ class Node {
     std::unique_ptr<transport::NodeMover> rdma;
   };
   void handle(wire::Session& s, Movers& movers, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
-  // Moves value `index` of frame h straight into a DRAM buffer and
-  // publishes it once its seal verifies; returns the wire status.
-  uint16_t receive_value(wire::Session& s, transport::NodeMover& m, const wire::FrameHeader& h, uint32_t index,
-                         const std::string& key, uint64_t size);
+  // A value of a request on its way in: its DRAM reservation and buffer,
+  // and whether its transfer has started (RDMA). Abandoned unfinished, it
+  // stops the transfer before the buffer is freed.
+  struct Incoming {
+    uint16_t status = 0;  // wire status; not ok: refused, drain it
+    bool deferred = false;  // prepared ahead without room yet: prepare it again in turn
+    Reservation reservation;
+    ValuePtr value;
+    transport::NodeMover* started = nullptr;
+    Incoming() = default;
+    Incoming(Incoming&& o) noexcept
+        : status(o.status), deferred(o.deferred), reservation(std::move(o.reservation)), value(std::move(o.value)),
+          started(o.started) {
+      o.started = nullptr;
+    }
+    ~Incoming() {
+      if (started) started->abandon();
+    }
+  };
+  // Value `index` of frame h: checks the key, reserves DRAM, allocates its
+  // buffer and (RDMA) starts moving it there. `ahead` (prepared while the
+  // previous value is still coming in): never wait for DRAM, defer instead.
+  Incoming prepare_value(wire::Session& s, transport::NodeMover& m, uint32_t index, const std::string& key,
+                         uint64_t size, bool ahead = false);
+  // Receives it, verifies its seal and publishes it; returns the wire status.
+  uint16_t finish_value(wire::Session& s, transport::NodeMover& m, const wire::FrameHeader& h, uint32_t index,
+                        const std::string& key, uint64_t size, Incoming in);
 
   NodeOptions opts_;
   std::unique_ptr<Store> store_;

@@ -188,7 +188,7 @@ bool Store::evict_one_locked() {
   return true;
 }
 
-PutResult Store::reserve(uint64_t size, size_t key_len, Reservation* out) {
+PutResult Store::reserve(uint64_t size, size_t key_len, Reservation* out, bool wait) {
   uint64_t need = charge(size, key_len);
   if (size > max_value_bytes()) return PutResult::TooLarge;
   std::unique_lock<std::mutex> lk(mu_);
@@ -196,6 +196,7 @@ PutResult Store::reserve(uint64_t size, size_t key_len, Reservation* out) {
   while (dram_used_ + need > cfg_.dram_capacity) {
     if (stopping_) return PutResult::ShuttingDown;
     if (evict_one_locked()) continue;
+    if (!wait) return PutResult::NoSpace;
     // Everything resident is still being flushed: wait for the shards.
     ++space_waiters_;
     flush_cv_.notify_one();

@@ -91,7 +91,8 @@ class Store {
   // DRAM accounted for one value of `size` bytes under `key_len`.
   static uint64_t charge(uint64_t size, size_t key_len);
 
-  PutResult reserve(uint64_t size, size_t key_len, Reservation* out);
+  // wait=false: NoSpace at once rather than waiting for the flusher to free DRAM.
+  PutResult reserve(uint64_t size, size_t key_len, Reservation* out, bool wait = true);
   // Publishes a received, verified value. Waits for the shard write when
   // fsync=always.
   PutResult commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r);

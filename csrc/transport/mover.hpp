@@ -110,7 +110,16 @@ class NodeMover {
   // The data_len a value-carrying request must have for `items` values of
   // `value_bytes` in all (each value is followed by its seal either way).
   virtual uint64_t request_data_len(uint64_t value_bytes, uint32_t items) const = 0;
-  // Moves item i's value (size bytes) into dst; returns its CRC-32C.
+  // Whether values can be started ahead of the one being received
+  // (RDMA: the next value's READs overlap this one's checksum and commit).
+  virtual bool pipelined() const { return false; }
+  // Starts moving item i's value into dst; receive() finishes it.
+  virtual void start_receive(wire::Session&, uint32_t, uint8_t*, uint64_t, int) {}
+  // A started item will not be received (the request failed): stop every
+  // transfer into our memory before that memory is reused.
+  virtual void abandon() {}
+  // Moves item i's value (size bytes) into dst (or finishes what
+  // start_receive began); returns its CRC-32C.
   virtual uint32_t receive(wire::Session& s, uint32_t i, uint8_t* dst, uint64_t size, int timeout_ms) = 0;
   // Drops item i's value (the node refused it).
   virtual void skip(wire::Session& s, uint32_t i, uint64_t size, int timeout_ms) = 0;

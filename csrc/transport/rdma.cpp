@@ -7,6 +7,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <thread>
 
 #include "../common/error.hpp"
 #include "../common/hmac.hpp"
@@ -176,17 +177,11 @@ QueuePair::QueuePair(DevicePtr dev) : dev_(std::move(dev)) {
 }
 
 QueuePair::~QueuePair() {
+  if (!posted_.empty()) kill();  // nothing may land in memory that outlives us
   const Verbs& v = dev_->v();
   if (qp_) v.destroy_qp(qp_);
   if (cq_) v.destroy_cq(cq_);
   if (channel_) v.destroy_comp_channel(channel_);
-}
-
-void QueuePair::kill() {
-  ibv_qp_attr a{};
-  a.qp_state = IBV_QPS_ERR;
-  dev_->v().modify_qp(qp_, &a, IBV_QP_STATE);
-  broken_ = true;
 }
 
 QpInfo QueuePair::local_info() const {
@@ -239,81 +234,83 @@ void QueuePair::connect(const QpInfo& peer) {
     fail(ErrorKind::Connection, "RDMA device " + dev_->name() + ": queue pair RTS failed: " + std::strerror(errno));
 }
 
-void QueuePair::consume(const ibv_wc* wc, int n, const std::string& peer, bool read) {
-  for (int i = 0; i < n; ++i) {
-    --in_flight_;
-    if (wc[i].status != IBV_WC_SUCCESS) {
-      broken_ = true;
-      fail(ErrorKind::Connection, std::string("RDMA ") + (read ? "READ from " : "WRITE to ") + peer + " over " +
-                                      dev_->name() + " failed: " + dev_->v().wc_status_str(wc[i].status));
-    }
-  }
+void QueuePair::fail_transfer(const std::string& peer, bool read, const std::string& why) {
+  kill();
+  fail(ErrorKind::Connection,
+       std::string("RDMA ") + (read ? "READ from " : "WRITE to ") + peer + " over " + dev_->name() + " " + why);
 }
 
-int QueuePair::wait_one(int timeout_ms, const std::string& peer, bool read) {
+void QueuePair::kill() {
+  if (!broken_) {
+    ibv_qp_attr a{};
+    a.qp_state = IBV_QPS_ERR;
+    dev_->v().modify_qp(qp_, &a, IBV_QP_STATE);
+    broken_ = true;
+  }
+  // In the error state every outstanding work request completes (flushed):
+  // wait for them, so nothing lands in our memory after we return.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  ibv_wc wc[16];
+  while (!posted_.empty() && std::chrono::steady_clock::now() < deadline) {
+    int n = ibv_poll_cq(cq_, 16, wc);
+    if (n < 0) break;
+    for (int i = 0; i < n && !posted_.empty(); ++i) posted_.pop_front();
+    if (n == 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  posted_.clear();
+}
+
+void QueuePair::reap_some(int timeout_ms, const std::string& peer) {
   const Verbs& v = dev_->v();
+  const bool read = posted_.front().read;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   // Spin briefly (completions of small transfers come within microseconds),
   // then sleep on the completion channel so a waiting node takes no core
   // from the rest of the machine.
   auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
   ibv_wc wc[16];
+  bool armed = false;
   for (;;) {
     int n = ibv_poll_cq(cq_, 16, wc);
-    if (n < 0) {
-      broken_ = true;
-      fail(ErrorKind::Connection, "RDMA device " + dev_->name() + ": polling the completion queue failed");
+    if (n < 0) fail_transfer(peer, read, "failed: polling the completion queue failed");
+    for (int i = 0; i < n; ++i) {
+      if (wc[i].status != IBV_WC_SUCCESS)
+        fail_transfer(peer, read, std::string("failed: ") + v.wc_status_str(wc[i].status));
+      Posted p = std::move(posted_.front());
+      posted_.pop_front();
+      if (p.on_done && *p.on_done) (*p.on_done)(p.op, p.off, p.len);
     }
-    consume(wc, n, peer, read);
-    if (n > 0) return n;
+    if (n > 0) return;
     auto now = std::chrono::steady_clock::now();
     if (now < spin_until) continue;
-    if (now >= deadline) {
-      broken_ = true;
-      fail(ErrorKind::Connection, std::string("RDMA ") + (read ? "READ from " : "WRITE to ") + peer + " over " +
-                                      dev_->name() + ": no completion within " + std::to_string(timeout_ms) + " ms");
+    if (now >= deadline) fail_transfer(peer, read, ": no completion within " + std::to_string(timeout_ms) + " ms");
+    if (!armed) {
+      // Arm, then poll once more before sleeping: a completion that landed
+      // before arming raises no event.
+      if (ibv_req_notify_cq(cq_, 0) != 0) fail_transfer(peer, read, "failed: cannot arm the completion queue");
+      armed = true;
+      continue;
     }
-    // Arm, then poll once more: a completion that landed before arming
-    // raises no event.
-    if (ibv_req_notify_cq(cq_, 0) != 0) {
-      broken_ = true;
-      fail(ErrorKind::Connection, "RDMA device " + dev_->name() + ": cannot arm the completion queue");
-    }
-    n = ibv_poll_cq(cq_, 16, wc);
-    if (n > 0) {
-      consume(wc, n, peer, read);
-      return n;
-    }
-    int left = static_cast<int>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count());
     struct pollfd pfd {channel_->fd, POLLIN, 0};
     if (::poll(&pfd, 1, std::max(1, std::min(left, 100))) > 0) {
       ibv_cq* ev_cq = nullptr;
       void* ctx = nullptr;
       if (v.get_cq_event(channel_, &ev_cq, &ctx) == 0) v.ack_cq_events(ev_cq, 1);
+      armed = false;
     }
   }
 }
 
-void QueuePair::run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
-                    const OnDone& on_done) {
+uint64_t QueuePair::post(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
+                         OnDone on_done) {
   if (broken_) fail(ErrorKind::Connection, "RDMA queue pair to " + peer + " over " + dev_->name() + " already failed");
-  struct Posted {
-    size_t op;
-    uint64_t off, len;
-  };
-  std::deque<Posted> posted;
-  auto reap = [&](int n) {
-    for (int i = 0; i < n; ++i) {
-      Posted p = posted.front();
-      posted.pop_front();
-      if (on_done) on_done(p.op, p.off, p.len);
-    }
-  };
+  const uint64_t ticket = ++next_ticket_;
+  auto cb = std::make_shared<OnDone>(std::move(on_done));
   for (size_t k = 0; k < ops.size(); ++k) {
     const RemoteOp& op = ops[k];
     for (uint64_t off = 0; off < op.len; off += kMaxWrBytes) {
-      while (in_flight_ >= depth_) reap(wait_one(timeout_ms, peer, read));
+      while (static_cast<int>(posted_.size()) >= depth_) reap_some(timeout_ms, peer);
       uint64_t n = std::min(kMaxWrBytes, op.len - off);
       ibv_sge sge{};
       sge.addr = reinterpret_cast<uint64_t>(op.local + off);
@@ -327,17 +324,16 @@ void QueuePair::run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms,
       wr.wr.rdma.remote_addr = op.remote + off;
       wr.wr.rdma.rkey = op.rkey;
       ibv_send_wr* bad = nullptr;
-      int rc = ibv_post_send(qp_, &wr, &bad);
-      if (rc != 0) {
-        broken_ = true;
-        fail(ErrorKind::Connection, std::string("RDMA ") + (read ? "READ from " : "WRITE to ") + peer + " over " +
-                                        dev_->name() + ": posting failed: " + std::strerror(rc));
-      }
-      ++in_flight_;
-      posted.push_back({k, off, n});
+      if (int rc = ibv_post_send(qp_, &wr, &bad); rc != 0)
+        fail_transfer(peer, read, std::string(": posting failed: ") + std::strerror(rc));
+      posted_.push_back({ticket, k, off, n, read, cb});
     }
   }
-  while (in_flight_ > 0) reap(wait_one(timeout_ms, peer, read));
+  return ticket;
+}
+
+void QueuePair::wait(uint64_t ticket, int timeout_ms, const std::string& peer) {
+  while (!posted_.empty() && posted_.front().ticket <= ticket) reap_some(timeout_ms, peer);
 }
 
 #else

@@ -6,6 +6,7 @@
 // peer.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -113,38 +114,55 @@ class QueuePair {
   QpInfo local_info() const;
   // INIT -> RTR -> RTS against the peer's info.
   void connect(const QpInfo& peer);
-  // Runs every op (READ when `read`, else WRITE), split into work requests
-  // of at most kMaxWrBytes with a bounded number in flight, and returns when
-  // all completed. Throws a Connection error naming `peer` and the device
-  // on a failed completion or when nothing completes for timeout_ms; the
-  // queue pair is then unusable (the connection must be rebuilt).
   // on_done(op index, offset in the op, length) is called for each work
   // request as it completes, in posting order (RC completes in order), so
   // the caller can checksum landed bytes while the rest are in flight.
   using OnDone = std::function<void(size_t, uint64_t, uint64_t)>;
+  // Posts every op (READ when `read`, else WRITE), split into work requests
+  // of at most kMaxWrBytes with a bounded number in flight (waiting for
+  // earlier ones as needed), and returns a ticket for wait(). `ops` and
+  // whatever on_done touches must stay valid until then.
+  uint64_t post(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
+                OnDone on_done = nullptr);
+  // Returns once every work request up to `ticket` has completed. On a failed
+  // completion, or when nothing completes for timeout_ms, the queue pair is
+  // killed and drained (no later READ or WRITE can touch our memory) and a
+  // Connection error names the peer and the device; the connection must be
+  // rebuilt.
+  void wait(uint64_t ticket, int timeout_ms, const std::string& peer);
   void run(bool read, const std::vector<RemoteOp>& ops, int timeout_ms, const std::string& peer,
-           const OnDone& on_done = nullptr);
+           OnDone on_done = nullptr) {
+    wait(post(read, ops, timeout_ms, peer, std::move(on_done)), timeout_ms, peer);
+  }
   const Device& device() const { return *dev_; }
-  // Moves the queue pair to the error state: the peer's READs and WRITEs of
-  // our memory fail from now on (a request given up on must not have its
-  // buffers written after they are reused).
+  // Moves the queue pair to the error state and waits (briefly) for the
+  // flushed work requests: the peer's READs and WRITEs of our memory fail
+  // from now on, so buffers of a request given up on can be reused.
   void kill();
   bool broken() const { return broken_; }
 
   static constexpr uint64_t kMaxWrBytes = 1 << 20;
 
  private:
-  // Waits for at least one completion; returns how many completed.
-  int wait_one(int timeout_ms, const std::string& peer, bool read);
-  void consume(const ibv_wc* wc, int n, const std::string& peer, bool read);
+  struct Posted {
+    uint64_t ticket;
+    size_t op;
+    uint64_t off, len;
+    bool read;
+    std::shared_ptr<OnDone> on_done;
+  };
+  // Waits for at least one completion and runs the callbacks of what completed.
+  void reap_some(int timeout_ms, const std::string& peer);
+  [[noreturn]] void fail_transfer(const std::string& peer, bool read, const std::string& why);
   DevicePtr dev_;
   ibv_comp_channel* channel_ = nullptr;
   ibv_cq* cq_ = nullptr;
   ibv_qp* qp_ = nullptr;
   uint32_t psn_ = 0;
   int depth_ = 64;
-  int in_flight_ = 0;
   bool broken_ = false;
+  std::deque<Posted> posted_;  // in flight, in posting order
+  uint64_t next_ticket_ = 0;
 };
 
 #endif

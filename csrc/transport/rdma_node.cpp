@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <map>
 #include <chrono>
 #include <cstring>
 
@@ -87,6 +88,7 @@ class RdmaNodeMover : public NodeMover {
       : qp_(std::move(qp)), node_(node), device_(device), bounce_(std::move(dev)), peer_(std::move(peer)) {}
 
   void begin(ByteReader& in, uint32_t items, bool) override {
+    started_.clear();
     descs_.assign(items, {});
     for (uint32_t i = 0; i < items; ++i) {
       uint32_t n = in.u32();
@@ -105,21 +107,40 @@ class RdmaNodeMover : public NodeMover {
 
   uint64_t request_data_len(uint64_t, uint32_t items) const override { return uint64_t{items} * kSealLen; }
 
-  uint32_t receive(Session&, uint32_t i, uint8_t* dst, uint64_t size, int timeout_ms) override {
+  bool pipelined() const override { return true; }
+
+  void start_receive(Session&, uint32_t i, uint8_t* dst, uint64_t size, int timeout_ms) override {
     const std::vector<Desc>& d = item(i);
     if (total_of(d) != size) fail(ErrorKind::Protocol, "RDMA segments do not add up to the value's size");
-    if (!size) return 0;
-    if (const rdma::MemoryRegion* mr = local(dst, size)) {
-      std::vector<rdma::RemoteOp> ops;
-      map_ops(ops, dst, mr->lkey(), size, d, 0);
-      // Each piece is checksummed as it lands, while later ones are in flight.
-      uint32_t crc = 0;
-      qp_->run(true, ops, timeout_ms, peer_,
-               [&](size_t k, uint64_t off, uint64_t len) { crc = crc32c(crc, ops[k].local + off, len); });
+    const rdma::MemoryRegion* mr = size ? local(dst, size) : nullptr;
+    if (!mr) return;  // through the bounce buffer, in receive()
+    auto st = std::make_unique<Started>();
+    map_ops(st->ops, dst, mr->lkey(), size, d, 0);
+    // Each piece is checksummed as it lands, while later ones are in flight.
+    Started* raw = st.get();
+    st->ticket = qp_->post(true, st->ops, timeout_ms, peer_, [raw](size_t k, uint64_t off, uint64_t len) {
+      raw->crc = crc32c(raw->crc, raw->ops[k].local + off, len);
+    });
+    started_[i] = std::move(st);
+  }
+
+  void abandon() override {
+    qp_->kill();
+    started_.clear();
+  }
+
+  uint32_t receive(Session& s, uint32_t i, uint8_t* dst, uint64_t size, int timeout_ms) override {
+    if (!started_.count(i)) start_receive(s, i, dst, size, timeout_ms);
+    if (auto it = started_.find(i); it != started_.end()) {
+      qp_->wait(it->second->ticket, timeout_ms, peer_);
+      uint32_t crc = it->second->crc;
+      started_.erase(it);
       return crc;
     }
+    if (!size) return 0;
     // Value memory outside the registered arena: READ through the bounce
     // buffer a piece at a time.
+    const std::vector<Desc>& d = item(i);
     uint32_t crc = 0;
     for (uint64_t off = 0; off < size; off += kBounceBytes) {
       uint64_t n = std::min(kBounceBytes, size - off);
@@ -173,6 +194,13 @@ class RdmaNodeMover : public NodeMover {
   Bounce bounce_;
   std::string peer_;
   std::vector<std::vector<Desc>> descs_;
+  // Items whose READs are posted and not yet received.
+  struct Started {
+    std::vector<rdma::RemoteOp> ops;
+    uint64_t ticket = 0;
+    uint32_t crc = 0;
+  };
+  std::map<uint32_t, std::unique_ptr<Started>> started_;
 };
 
 }  // namespace
