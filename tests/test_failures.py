@@ -30,13 +30,14 @@ def test_node_killed_mid_batch_errors_quickly(make_node, client_for):
             err.append(e)
 
     t = threading.Thread(target=run)
-    t0 = time.monotonic()
     t.start()
     time.sleep(0.5)
     b.kill()
+    killed = time.monotonic()
     t.join(30)
     assert not t.is_alive(), "batch hung after a node died"
-    assert time.monotonic() - t0 < 30
+    # Within the 5 s op timeout (plus slack for a loaded 2-core machine), not after 30 s.
+    assert time.monotonic() - killed < 5 + 3
     assert err and isinstance(err[0], BatchError)
     assert "unavailable" in " ".join(err[0].failed.values())
     # Keys on the live node still work; those on the dead one read as errors or misses.

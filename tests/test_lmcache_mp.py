@@ -120,7 +120,7 @@ def store_sequences(server: MPServer, seqs: list[int]) -> dict[int, list[str]]:
             expected[s] = client.compute_checksums(req, 0, req.num_full_tokens)
             assert client.lookup(req).hit_chunks == 0
             result = client.store(req, 0, req.num_full_tokens)
-            assert result is None or result.succeeded
+            assert result is not None and result.succeeded, result  # None only for an empty range
             client.end_session(req)
         return expected
     finally:
