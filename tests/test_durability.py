@@ -53,14 +53,22 @@ def test_sigkill_during_writes_exact_bytes_or_miss(make_node, client_for):
     acked: list[str] = []
     attempted: list[str] = []
     stop = threading.Event()
+    checkpoint = threading.Event()  # the writer pauses here until the node has synced
+    resume = threading.Event()
+
+    def size_of(i: int) -> int:
+        return 64 * 1024 + (i % 7) * 4099
 
     def writer():
         i = 0
         while not stop.is_set():
+            if i == 200:
+                checkpoint.set()
+                resume.wait(60)
             k = f"crash/{i}"
             attempted.append(k)
             try:
-                c.put(k, value_for(k, 64 * 1024 + (i % 7) * 4099))
+                c.put(k, value_for(k, size_of(i)))
                 acked.append(k)
             except ConnectionFailed:
                 return
@@ -68,22 +76,29 @@ def test_sigkill_during_writes_exact_bytes_or_miss(make_node, client_for):
 
     t = threading.Thread(target=writer)
     t.start()
-    time.sleep(1.5)
+    assert checkpoint.wait(60)
+    # Everything acknowledged so far is written back and then synced (the
+    # node syncs every 200 ms): these writes must all survive the crash.
+    deadline = time.monotonic() + 60
+    while n.status()["dirty_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2 * 3)
+    durable = list(acked)
+    assert len(durable) == 200
+    resume.set()
+    time.sleep(1.0)
     n.kill()  # SIGKILL mid-load
     stop.set()
     t.join(30)
-    assert not t.is_alive() and len(acked) > 50
+    assert not t.is_alive() and len(acked) > len(durable) + 20
     n.start()
     c2 = client_for([n])
-    got = c2.batch_get(attempted)
-    hits = 0
-    for k, v in zip(attempted, got):
-        if v is not None:
-            i = int(k.split("/")[1])
-            assert v == value_for(k, 64 * 1024 + (i % 7) * 4099), f"wrong bytes for {k}"
-            hits += 1
-    # Writes older than the sync interval made it to the shards.
-    assert hits > len(acked) // 4
+    got = dict(zip(attempted, c2.batch_get(attempted)))
+    for k in attempted:  # never a wrong byte
+        if got[k] is not None:
+            assert got[k] == value_for(k, size_of(int(k.split("/")[1]))), f"wrong bytes for {k}"
+    lost = [k for k in durable if got[k] is None]
+    assert not lost, f"{len(lost)} writes acknowledged before the last completed sync were lost: {lost[:5]}"
 
 
 def test_corrupt_shard_reads_as_miss_never_wrong_bytes(node, client_for):
