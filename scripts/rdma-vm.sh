@@ -8,7 +8,8 @@
 # and build outputs) and the current directory read-write, and runs COMMAND
 # there, in a chroot. Inside:
 #   - rxe0 is a soft-RoCE device on a dummy netdev `memkv0` holding
-#     10.77.0.1/24 and 10.77.0.2/24 (two "hosts"); no other network exists;
+#     10.77.0.1/24 and 10.77.0.2/24 (two "hosts"), and rxe1 a second one
+#     (a second rail) on `memkv1` with 10.77.1.1/24; no other network exists;
 #   - /tmp, /run and /dev/shm are fresh tmpfs; RDMA_VM=1 is set.
 #
 # usage: scripts/rdma-vm.sh [--cpus N] [--mem MiB] [--timeout S] [--console] -- COMMAND [ARG...]
@@ -113,7 +114,10 @@ mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288 work "/root$cwd"
 ip link set lo up
 ip link add memkv0 type dummy && ip link set memkv0 up
 ip addr add 10.77.0.1/24 dev memkv0; ip addr add 10.77.0.2/24 dev memkv0
+ip link add memkv1 type dummy && ip link set memkv1 up
+ip addr add 10.77.1.1/24 dev memkv1
 chroot /root /usr/bin/rdma link add rxe0 type rxe netdev memkv0
+chroot /root /usr/bin/rdma link add rxe1 type rxe netdev memkv1
 echo "==MEMKV-RDMA-VM-START=="
 chroot /root /bin/sh -c "cd '$cwd' && exec /bin/sh '$script'"
 echo "==MEMKV-RDMA-VM-EXIT $?=="

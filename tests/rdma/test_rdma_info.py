@@ -29,8 +29,10 @@ def test_rdma_info_matches_the_device():
         v2 = [g for g in port["gids"] if g["type"] == "RoCE v2"]
         assert any(g["gid"].endswith(":ffff:0a4d:0001") for g in v2), port["gids"]  # ::ffff:10.77.0.1
         assert {g["netdev"] for g in port["gids"]} == {"memkv0"}
-    assert [g["gid"] for g in pv["devices"][0]["ports"][0]["gids"]] == \
-        [g["gid"] for g in fs["devices"][0]["ports"][0]["gids"]]
+    by_name = {d["name"]: d for d in fs["devices"]}
+    assert {d["name"] for d in pv["devices"]} == set(by_name)
+    for d in pv["devices"]:
+        assert [g["gid"] for g in d["ports"][0]["gids"]] == [g["gid"] for g in by_name[d["name"]]["ports"][0]["gids"]]
 
 
 def test_rdma_info_table_names_the_devices_to_configure():
