@@ -58,7 +58,7 @@ class Client:
             config.staging_size_mb << 20, config.staging_slot_mb << 20, config.registration_cache_mb << 20)
         self._ns = config.namespace.encode() if config.namespace else b""
         self._registered: dict[int, Any] = {}
-        log_rails(config, self._native)
+        log_rails(config, self._native.rail_device)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Client":

@@ -10,7 +10,7 @@ import logging
 from .config import split_server
 from .errors import ConfigError
 from .plugin_startup import split_plugin_options, start_plugin
-from .transport import native_transport_mode, usable_rails
+from .transport import log_rails, native_transport_mode, usable_rails
 
 log = logging.getLogger("memkv-client")
 
@@ -33,13 +33,11 @@ def configure_backend(params: dict[str, str]) -> dict:
     cfg = started.config
     rails = usable_rails(cfg, started.transport)
     servers = []
-    for rail, name in enumerate(cfg.servers):
+    for name in cfg.servers:
         host, port = split_server(name)
         servers.append((name, host, port))
-        if rails:
-            log.info('Server mapped to rail server="%s" rail=%d device=%s', name, rail, rails[rail % len(rails)])
-        else:
-            log.info('Server mapped to rail server="%s" rail=%d', name, rail)
+    # The native client (made by the plugin after this returns) maps server i to rail i mod n.
+    log_rails(cfg, lambda i: rails[i % len(rails)] if rails else "")
     log.info("MEMKV NIXL backend ready (servers=%s, rdma=%s, workers=%d)", list(cfg.servers), started.rdma, workers)
     return {"servers": servers, "auth_key": cfg.auth_key, "num_connections": cfg.num_connections,
             "connect_timeout_ms": cfg.connect_timeout_ms, "op_timeout_ms": cfg.op_timeout_ms,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Callable
 
 from . import _client
 from .config import ClientConfig
@@ -92,10 +93,11 @@ def usable_rails(cfg: ClientConfig, chosen: str) -> list[str]:
     return [d for d in cfg.rdma_devices if d in visible] or list(cfg.rdma_devices)
 
 
-def log_rails(cfg: ClientConfig, native) -> None:
-    """The seed's start-up line, one per server, naming the device it uses."""
+def log_rails(cfg: ClientConfig, device_of: Callable[[int], str]) -> None:
+    """The seed's start-up line, one per server, naming the device it uses
+    (`device_of(rail)`, "" over TCP)."""
     for rail, name in enumerate(cfg.servers):
-        device = native.rail_device(rail) if native is not None else ""
+        device = device_of(rail)
         if device:
             log.info('Server mapped to rail server="%s" rail=%d device=%s', name, rail, device)
         else:

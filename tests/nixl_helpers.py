@@ -53,6 +53,19 @@ def wait(agent: nixl_agent, handle, timeout: float = 60.0) -> str:
     return state
 
 
+def finish(agent: nixl_agent, handle) -> str:
+    """Posts a prepared transfer, waits for it ("DONE" or "ERR") and releases it."""
+    try:
+        return wait(agent, handle)
+    finally:
+        agent.release_xfer_handle(handle)
+
+
+def run_xfer(agent: nixl_agent, op: str, local, remote) -> str:
+    """One MEMKV transfer between `local` and `remote` descriptor lists, to the end."""
+    return finish(agent, agent.initialize_xfer(op, local, remote, agent.name, backends=["MEMKV"]))
+
+
 def blocks(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size), dtype=np.uint8)
 
@@ -82,11 +95,7 @@ class KvbmBlocks:
         return self.agent.initialize_xfer(op, local, remote, self.agent.name, backends=["MEMKV"])
 
     def run(self, op: str, buf: np.ndarray | None = None) -> str:
-        h = self.xfer(op, buf)
-        try:
-            return wait(self.agent, h)
-        finally:
-            self.agent.release_xfer_handle(h)
+        return finish(self.agent, self.xfer(op, buf))
 
     def close(self):
         self.agent.deregister_memory(self.objs, backends=["MEMKV"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nixl_helpers import (PLUGIN_DIR, KvbmBlocks, backend_params, blocks, layer_separate_descs, memkv_agent,
-                          nixl_agent, nixl_agent_config, seq_hashes, wait)
+                          nixl_agent, nixl_agent_config, run_xfer, seq_hashes, wait)
 
 from nixl_memkv import Client
 
@@ -73,10 +73,7 @@ def test_layer_separate_layout(params):
         return layer_separate_descs(agent, hashes, kb, vb, region)
 
     for op, bufs in (("WRITE", (k, v)), ("READ", (out_k, out_v))):
-        local, remote = descs(*bufs)
-        h = agent.initialize_xfer(op, local, remote, agent.name, backends=["MEMKV"])
-        assert wait(agent, h) == "DONE"
-        agent.release_xfer_handle(h)
+        assert run_xfer(agent, op, *descs(*bufs)) == "DONE"
     assert np.array_equal(out_k, k) and np.array_equal(out_v, v)
     # A partial READ (one layer's V region of every block) fetches just that span.
     part = np.zeros((n_blocks, region), dtype=np.uint8)

@@ -34,6 +34,12 @@ QpInfo QpInfo::read(ByteReader& r) {
   return q;
 }
 
+std::string names_of(const std::vector<std::string>& names) {
+  std::string s;
+  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s.empty() ? "none" : s;
+}
+
 #if MEMKV_WITH_VERBS
 
 namespace {
@@ -64,12 +70,6 @@ int choose_gid_index(const Verbs& v, ibv_context* ctx, const std::string& dev, i
     if (v2 < 0) v2 = i;
   }
   return v2 >= 0 ? v2 : 0;
-}
-
-std::string names_of(const std::vector<std::string>& v) {
-  std::string s;
-  for (const std::string& n : v) s += (s.empty() ? "" : ", ") + n;
-  return s.empty() ? "none" : s;
 }
 
 }  // namespace

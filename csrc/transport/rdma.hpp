@@ -19,6 +19,8 @@ namespace memkv::rdma {
 
 // The RDMA devices this host shows (from libibverbs; empty when it cannot load).
 std::vector<std::string> list_devices();
+// "a, b" (or "none"), for messages naming devices.
+std::string names_of(const std::vector<std::string>& names);
 
 // What one side of a queue pair tells the other (sent inside MAC'd frames).
 struct QpInfo {

@@ -428,11 +428,8 @@ class RdmaClientMover : public ClientMover {
 namespace {
 std::vector<rdma::DevicePtr> open_rails(const std::vector<std::string>& devices) {
   if (devices.empty())
-    fail(ErrorKind::Config, "RDMA needs MEMKV_RDMA_DEVICES (e.g. mlx5_0,mlx5_1); visible devices: " + [] {
-      std::string s;
-      for (const std::string& d : rdma::list_devices()) s += (s.empty() ? "" : ",") + d;
-      return s.empty() ? std::string("none") : s;
-    }());
+    fail(ErrorKind::Config, "RDMA needs MEMKV_RDMA_DEVICES (e.g. mlx5_0,mlx5_1); visible devices: " +
+                                rdma::names_of(rdma::list_devices()));
   std::vector<rdma::DevicePtr> rails;
   for (const std::string& d : devices) rails.push_back(rdma::Device::open(d));
   return rails;

@@ -36,9 +36,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def port_counter(name: str) -> int:
+def port_counter(name: str, device: str = DEVICE) -> int:
     """A soft-RoCE port counter (hw_counters: sent_pkts, rcvd_pkts, ...)."""
-    with open(f"{SYSFS}/ports/1/hw_counters/{name}") as f:
+    with open(f"/sys/class/infiniband/{device}/ports/1/hw_counters/{name}") as f:
         return int(f.read())
 
 

@@ -7,14 +7,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from conftest import HOST_A, HOST_B, path_mtu
+from conftest import HOST_A, HOST_B, path_mtu, port_counter
 
 RAILS = ("rxe0", "rxe1")
-
-
-def sent_pkts(device: str) -> int:
-    with open(f"/sys/class/infiniband/{device}/ports/1/hw_counters/sent_pkts") as f:
-        return int(f.read())
 
 
 def test_each_server_rides_its_rail(nodes, make_client, caplog):
@@ -30,12 +25,12 @@ def test_each_server_rides_its_rail(nodes, make_client, caplog):
     vals = [np.random.default_rng(i).integers(0, 256, 256 << 10, dtype=np.uint8) for i in range(40)]
     per_server = [sum(v.nbytes for k, v in zip(keys, vals) if c.server_for(k) == s.address) for s in servers]
     assert all(per_server)
-    before = [sent_pkts(d) for d in RAILS]
+    before = [port_counter("sent_pkts", d) for d in RAILS]
     c.batch_put(keys, vals)
     outs = [np.zeros_like(v) for v in vals]
     c.batch_get_into(keys, outs)
     assert all(np.array_equal(a, b) for a, b in zip(vals, outs))
     for rail, (b, moved) in enumerate(zip(before, per_server)):
-        assert (sent_pkts(RAILS[rail]) - b) * path_mtu() >= 2 * moved, RAILS[rail]
+        assert (port_counter("sent_pkts", RAILS[rail]) - b) * path_mtu() >= 2 * moved, RAILS[rail]
     # The node served each connection on the device of the client's rail.
     assert [s.status()["rdma"]["bytes_in"] for s in servers] == per_server

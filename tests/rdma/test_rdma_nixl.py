@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import DEVICE
 
-from nixl_helpers import KvbmBlocks, backend_params, blocks, layer_separate_descs, memkv_agent, seq_hashes, wait
+from nixl_helpers import KvbmBlocks, backend_params, blocks, layer_separate_descs, memkv_agent, run_xfer, seq_hashes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -55,10 +55,7 @@ def test_layer_separate_layout_over_rdma(params, cluster3):
 
     in0, out0 = rdma_bytes(cluster3)
     for op, bufs in (("WRITE", (k, v)), ("READ", (out_k, out_v))):
-        local, remote = descs(*bufs)
-        h = agent.initialize_xfer(op, local, remote, agent.name, backends=["MEMKV"])
-        assert wait(agent, h) == "DONE"
-        agent.release_xfer_handle(h)
+        assert run_xfer(agent, op, *descs(*bufs)) == "DONE"
     assert np.array_equal(out_k, k) and np.array_equal(out_v, v)
     in1, out1 = rdma_bytes(cluster3)
     assert in1 - in0 == k.nbytes + v.nbytes and out1 - out0 == k.nbytes + v.nbytes
