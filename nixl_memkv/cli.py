@@ -293,16 +293,29 @@ def bench_nixl(blocks, block_size, seconds, rounds, shards, json_path) -> None:
 
 
 @main.command()
-@click.option("--blocks", default=64, show_default=True, help="KV blocks to offload and onboard.")
-@click.option("--block-size", default="2MiB", show_default=True, help="Bytes per block.")
-@click.option("--client-only", is_flag=True, help="Use the Python client instead of NIXL and the MEMKV plugin.")
-def demo(blocks, block_size, client_only) -> None:
-    """Offload KV blocks through NIXL's MEMKV backend to an embedded node, restart it, onboard, verify."""
+@click.option("--engine", type=click.Choice(["nixl", "vllm"]), default="nixl", show_default=True,
+              help="nixl: KVBM-shaped blocks through NIXL's MEMKV backend; vllm: real vLLM (CPU) serving through "
+                   "LMCache's MP server and MemKV, two replicas.")
+@click.option("--blocks", default=64, show_default=True, help="(nixl) KV blocks to offload and onboard.")
+@click.option("--block-size", default="2MiB", show_default=True, help="(nixl) Bytes per block.")
+@click.option("--client-only", is_flag=True, help="(nixl) Use the Python client instead of NIXL and the MEMKV plugin.")
+@click.option("--model", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
+              help="(vllm) The local model to write and serve.")
+@click.option("--prompt-tokens", default=2048, show_default=True, help="(vllm) Prompt length.")
+@click.option("--workdir", default=None, help="(vllm) Keep logs and data here instead of a temp dir.")
+def demo(engine, blocks, block_size, client_only, model, prompt_tokens, workdir) -> None:
+    """The main job on an embedded default: offload KV, restart or switch replica, onboard, verify."""
     from .config import parse_size
-    from .demo import run_demo
 
     try:
-        ok = run_demo(blocks=blocks, block_size=parse_size(block_size, "--block-size"), client_only=client_only)
+        if engine == "vllm":
+            from .engine.demo import run_vllm_demo
+
+            ok = run_vllm_demo(model=model, prompt_len=prompt_tokens, workdir=workdir)
+        else:
+            from .demo import run_demo
+
+            ok = run_demo(blocks=blocks, block_size=parse_size(block_size, "--block-size"), client_only=client_only)
     except MemKVError as e:
         _fail(e)
     sys.exit(0 if ok else 1)

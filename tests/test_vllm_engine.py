@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM's CPU build is installed by scripts/test.sh")
 
 from nixl_memkv.engine.completions import Completion, complete  # noqa: E402
-from nixl_memkv.engine.lmcache_log import activity, clean_lines  # noqa: E402
-from nixl_memkv.engine.model import PRESETS, prompt_words, write_model  # noqa: E402
+from nixl_memkv.engine.lmcache_log import activity, adapter_counters, clean_lines  # noqa: E402
+from nixl_memkv.engine.model import PRESETS, prompt_tokens, write_model  # noqa: E402
 from nixl_memkv.engine.stack import ServingStack  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.timeout(900)]
@@ -98,7 +98,7 @@ def test_startup_lines_in_order(stack):
 
 def test_store_then_hit_on_one_replica(stack):
     r = stack.replicas[0]
-    prompt = prompt_words(SPEC, 2 * CHUNK + 100, seed=1)  # two whole chunks and a partial one
+    prompt = prompt_tokens(SPEC, 2 * CHUNK + 100, seed=1)  # two whole chunks and a partial one
     keys_before = node_keys(stack)
     mark = LogMark(r.lmcache)
     cold = ask(r, prompt)
@@ -118,7 +118,7 @@ def test_cross_replica_hit_comes_from_memkv(stack):
     including a partial last chunk and one exactly one chunk long."""
     first, second = stack.replicas
     for n_tokens, seed in ((CHUNK, 10), (3 * CHUNK + 17, 11), (5 * CHUNK - 1, 12)):
-        prompt = prompt_words(SPEC, n_tokens, seed)
+        prompt = prompt_tokens(SPEC, n_tokens, seed)
         whole = n_tokens // CHUNK
         keys_before = node_keys(stack)
         cold = ask(first, prompt)
@@ -138,7 +138,7 @@ def test_serving_continues_when_a_node_dies(stack):
     """SIGKILL one MemKV node while both replicas serve new and repeated
     prompts: every request completes (misses are recomputed), none hangs,
     and outputs are unchanged."""
-    prompts = [prompt_words(SPEC, 2 * CHUNK + 5, seed=100 + i) for i in range(6)]
+    prompts = [prompt_tokens(SPEC, 2 * CHUNK + 5, seed=100 + i) for i in range(6)]
     reference = [ask(stack.replicas[i % 2], p) for i, p in enumerate(prompts[:2])]
     victim = stack.nodes[2]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -162,12 +162,17 @@ def test_cold_restart_hits_from_the_nodes_shards(stack):
     again: a prompt served before is an L2 hit, read from the nodes'
     shards (their DRAM starts empty), with the same output."""
     r = stack.replicas[0]
-    prompt = prompt_words(SPEC, 4 * CHUNK + 30, seed=7)
+    prompt = prompt_tokens(SPEC, 4 * CHUNK + 30, seed=7)
     keys_before = node_keys(stack)
     cold = ask(r, prompt)
     wait_for_keys(stack, keys_before + 4)
 
+    l2_hits_on_1 = activity(stack.replicas[1].lmcache.log_text()).l2_chunks
     stack.stop()
+    # Every chunk replica 1's LMCache server counted as an L2 hit, our
+    # adapter loaded (its counters, logged at close).
+    closed = adapter_counters(stack.replicas[1].lmcache.log_text())
+    assert closed is not None and closed["loaded"] == l2_hits_on_1 > 0 and closed["load_misses"] == 0, closed
     stack.start_nodes()
     assert all(n.status()["tiers"]["dram"]["keys"] == 0 for n in stack.nodes)
     stack.start_replicas([r])
@@ -178,3 +183,6 @@ def test_cold_restart_hits_from_the_nodes_shards(stack):
     assert seen.retrieved_tokens == [4 * CHUNK]
     assert_same(hit, cold)
     assert sum(n.status()["bytes_out"] for n in stack.nodes) >= 4 * CHUNK * SPEC.kv_bytes_per_token()
+    stack.stop_replicas([r])
+    closed = adapter_counters(mark.text())
+    assert closed is not None and closed["loaded"] == 4 and closed["load_misses"] == 0, closed

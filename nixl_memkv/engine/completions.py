@@ -36,7 +36,7 @@ class CompletionError(RuntimeError):
     pass
 
 
-def complete(base_url: str, model: str, prompt: str, max_tokens: int = 8, timeout: float = 600.0) -> Completion:
+def complete(base_url: str, model: str, prompt: str | list[int], max_tokens: int = 8, timeout: float = 600.0) -> Completion:
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
                        "logprobs": 1, "stream": True, "stream_options": {"include_usage": True},
                        "ignore_eos": True}).encode()

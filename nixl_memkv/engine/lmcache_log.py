@@ -11,7 +11,8 @@ import re
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STORED = re.compile(r"Stored (\d+) tokens in ([0-9.]+) seconds")
 _RETRIEVED = re.compile(r"Retrieved (\d+) tokens in ([0-9.]+) seconds")
-_PREFETCH = re.compile(r"Prefetch request completed \(L1\+L2\): (\d+)/(\d+) retained keys \((\d+) L1, (\d+) L2\)")
+_PREFETCH = re.compile(r"Prefetch request completed \(L1\+L2\): (\d+)/(\d+) retained keys \((\d+) L1, (\d+) L2\)"
+                       r" in ([0-9.]+) ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Prefetch:
     requested: int
     l1: int
     l2: int
+    ms: float  # submitted → every chunk in LMCache's L1 (what the L2 tier costs)
 
 
 @dataclasses.dataclass
@@ -46,10 +48,18 @@ def activity(log_text: str) -> LMCacheActivity:
         elif m := _RETRIEVED.search(line):
             found.retrieved_tokens.append(int(m.group(1)))
         elif m := _PREFETCH.search(line):
-            found.prefetches.append(Prefetch(*(int(g) for g in m.groups())))
+            found.prefetches.append(Prefetch(*(int(g) for g in m.groups()[:4]), float(m.group(5))))
     return found
 
 
-def since(log_text: str, mark: int) -> str:
-    """The part of a log written after mark (a length taken earlier)."""
-    return log_text[mark:]
+_ADAPTER_CLOSED = re.compile(r"MemKVL2Adapter closed \(([^)]*)\)")
+
+
+def adapter_counters(log_text: str) -> dict[str, int] | None:
+    """The counters our MemKVL2Adapter logs when its server stops (the last
+    such line), or None if it has not stopped."""
+    found = None
+    for line in clean_lines(log_text):
+        if m := _ADAPTER_CLOSED.search(line):
+            found = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split(", ") if "=" in kv)}
+    return found

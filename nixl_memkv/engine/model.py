@@ -14,8 +14,7 @@ import random
 
 from .cpu_compat import stand_in_for_cuda_torchvision
 
-# One word per token: prompts are built from these words, so a prompt of n
-# words is exactly n tokens (plus BOS).
+# One word per token, so the tokenizer round-trips any id sequence.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 
 
@@ -28,7 +27,7 @@ class ModelSpec:
     kv_heads: int
     intermediate_size: int
     vocab_size: int = 4096
-    max_positions: int = 8192
+    max_positions: int = 16384
     dtype: str = "float32"
     seed: int = 0
 
@@ -58,11 +57,12 @@ def vocabulary(spec: ModelSpec) -> list[str]:
     return SPECIAL_TOKENS + [f"w{i}" for i in range(spec.vocab_size - len(SPECIAL_TOKENS))]
 
 
-def prompt_words(spec: ModelSpec, n_tokens: int, seed: int) -> str:
-    """A prompt of exactly n_tokens words of the model's vocabulary."""
+def prompt_tokens(spec: ModelSpec, n_tokens: int, seed: int) -> list[int]:
+    """A prompt of exactly n_tokens token ids (no special tokens), the same
+    for the same seed. Sent as ids: vLLM bounds text prompts by characters
+    before tokenizing, and ids make every length exact."""
     rng = random.Random(seed)
-    words = vocabulary(spec)[len(SPECIAL_TOKENS):]
-    return " ".join(rng.choice(words) for _ in range(n_tokens))
+    return [rng.randrange(len(SPECIAL_TOKENS), spec.vocab_size) for _ in range(n_tokens)]
 
 
 def _marker(spec: ModelSpec) -> dict:

@@ -168,22 +168,26 @@ class MemKVNodeProcess(ManagedProcess):
             return json.load(r)
 
 
+def memkv_l2_adapter(memkv_servers: list[str], params: dict | None = None) -> dict:
+    """The --l2-adapter value that makes MemKV an LMCache server's L2 tier."""
+    return {"type": "plugin", "module_path": "memkv_lmcache.mp_adapter", "class_name": "MemKVL2Adapter",
+            "adapter_params": {"servers": ",".join(memkv_servers), "transport": "tcp", "op_timeout_ms": 5000,
+                               "connect_timeout_ms": 1000, **(params or {})}}
+
+
 class LMCacheServerProcess(ManagedProcess):
-    """`python -m lmcache.v1.multiprocess.server` with MemKVL2Adapter as its
-    L2 tier (secrets in the environment, not on the command line)."""
+    """`python -m lmcache.v1.multiprocess.server` with one L2 adapter (ours,
+    or any of LMCache's own for comparison). MemKV secrets travel in the
+    environment, not on the command line."""
 
     name = "LMCache server"
 
-    def __init__(self, workdir: str, index: int, secrets: Secrets, memkv_servers: list[str], l1_size_gb: float = 1.0,
-                 chunk_size: int = 256, adapter_params: dict | None = None, host: str = "127.0.0.1"):
+    def __init__(self, workdir: str, index: int, secrets: Secrets, l2_adapter: dict, l1_size_gb: float = 1.0,
+                 chunk_size: int = 256, host: str = "127.0.0.1"):
         self.host, self.port = host, free_port(host, span=1)
-        params = {"servers": ",".join(memkv_servers), "transport": "tcp", "op_timeout_ms": 5000,
-                  "connect_timeout_ms": 1000, **(adapter_params or {})}
-        adapter = {"type": "plugin", "module_path": "memkv_lmcache.mp_adapter", "class_name": "MemKVL2Adapter",
-                   "adapter_params": params}
         cmd = [sys.executable, "-P", "-m", "lmcache.v1.multiprocess.server", "--host", host, "--port", str(self.port),
                "--chunk-size", str(chunk_size), "--l1-size-gb", str(l1_size_gb), "--eviction-policy", "LRU",
-               "--supported-transfer-mode", "auto", "--disable-metrics", "--l2-adapter", json.dumps(adapter)]
+               "--supported-transfer-mode", "auto", "--disable-metrics", "--l2-adapter", json.dumps(l2_adapter)]
         super().__init__(cmd, _base_env(**secrets.client_env()), os.path.join(workdir, f"lmcache{index}.log"), workdir)
         self.name = f"LMCache server {index} (:{self.port})"
 
@@ -252,11 +256,14 @@ class ServingStack:
         self.nodes = [MemKVNodeProcess(workdir, i, self.secrets, dram=node_dram, disk=node_disk) for i in range(nodes)]
         self.replicas: list[Replica] = []
 
-    def add_replica(self, memkv: bool = True, cpus: str | None = None, l1_size_gb: float = 1.0,
+    def add_replica(self, l2: str | dict | None = "memkv", cpus: str | None = None, l1_size_gb: float = 1.0,
                     adapter_params: dict | None = None, **vllm_kw) -> Replica:
+        """l2: "memkv" (this stack's nodes), another --l2-adapter dict, or
+        None for a vLLM with no KV connector (every prefill recomputed)."""
         i = len(self.replicas)
-        lmcache = LMCacheServerProcess(self.workdir, i, self.secrets, [n.address for n in self.nodes],
-                                       l1_size_gb=l1_size_gb, adapter_params=adapter_params) if memkv else None
+        if l2 == "memkv":
+            l2 = memkv_l2_adapter([n.address for n in self.nodes], adapter_params)
+        lmcache = LMCacheServerProcess(self.workdir, i, self.secrets, l2, l1_size_gb=l1_size_gb) if l2 else None
         vllm = VLLMServerProcess(self.workdir, i, self.model_dir, self.served_name, lmcache, dtype=self.dtype,
                                  cpus=cpus, **vllm_kw)
         self.replicas.append(Replica(lmcache, vllm))
