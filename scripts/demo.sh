@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 ensure_build_debs
 # The CPU build of torch first: NIXL depends on torch, and a bare requirement
 # would pull a multi-GB CUDA build.
-python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-python3 -m pip install --quiet --disable-pip-version-check ".[nixl]"
+pip_install "torch==2.13.0"
+pip_install ".[nixl]"
 cd /tmp && exec python3 -m nixl_memkv demo "$@"

