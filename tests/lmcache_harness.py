@@ -18,7 +18,10 @@ import os
 import sys
 
 os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# LMCache's token database imports vLLM when it is installed, and vLLM
+# imports transformers, which imports torchvision.
+import torchvision_cpu_shim  # noqa: E402,F401  (before anything imports torchvision)
 import torch  # noqa: E402
 from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
 from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
