@@ -91,7 +91,10 @@ def test_sigterm_finishes_in_flight_and_flushes(make_node, client_for):
 def test_close_while_calls_are_in_flight_and_calls_after_close(make_node, client_for):
     """close() must not free the client beneath a call running without the
     GIL, and a call after close() is a clear error, not a crash."""
-    n = make_node()
+    # A small DRAM tier: pre-faulting the default one (a quarter of RAM) in
+    # the background can hold a fresh node's first reply past this test's
+    # short op timeout on a 2-core machine (the likely cause of one CI failure).
+    n = make_node("--dram-capacity", "256MiB")
     c = client_for([n], op_timeout_ms=1500)
     c.put("warm", b"x")
     n.pause()
