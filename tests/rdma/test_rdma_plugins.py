@@ -9,7 +9,9 @@ import os
 import pytest
 from conftest import DEVICE
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# Under emulation, importing LMCache's engine or sglang's controller (torch,
+# transformers, ...) takes 3-6 minutes before the test proper starts.
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(900)]
 
 
 def common(nodes, auth_key, licence) -> dict:
