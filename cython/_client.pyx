@@ -29,6 +29,7 @@ cdef extern from "../csrc/client/client.hpp" namespace "memkv":
     cppclass ClientOptions:
         vector[ServerAddr] servers
         Key32 auth_key
+        string tenant
         int num_connections
         int connect_timeout_ms
         int op_timeout_ms
@@ -93,7 +94,7 @@ cdef extern from "client_glue.hpp" namespace "memkv::py":
     string rdma_unavailable_reason()
     vector[string] rdma_list_devices()
     cppclass RawSession:
-        RawSession(const string&, uint16_t, const unsigned char*, int) except +raise_py_error
+        RawSession(const string&, uint16_t, const unsigned char*, int, const string&) except +raise_py_error
         string encode(uint8_t, const string&, const string&) except +raise_py_error
         string encode_sealed(uint8_t, const string&, const vector[string]&) except +raise_py_error
         void send_raw(const string&) except +raise_py_error nogil
@@ -301,10 +302,10 @@ cdef class NativeClient:
 
     def __cinit__(self, list servers, bytes auth_key, int num_connections, int connect_timeout_ms, int op_timeout_ms,
                   str transport="tcp", list rdma_devices=None, uint64_t staging_bytes=256 << 20,
-                  uint64_t staging_slot_bytes=16 << 20, uint64_t registration_cache_bytes=1 << 30):
+                  uint64_t staging_slot_bytes=16 << 20, uint64_t registration_cache_bytes=1 << 30, str tenant=""):
         """servers: list of (name, host, port); name is the routing identity.
         transport: "tcp", "rdma" (RDMA or an error) or "auto" (RDMA to nodes
-        that offer it)."""
+        that offer it). tenant: whose key auth_key is ("" = the cluster key)."""
         cdef ClientOptions opts
         cdef ServerAddr a
         cdef vector[string] devices
@@ -317,6 +318,7 @@ cdef class NativeClient:
             set_server(a, name.encode(), host.encode(), port)
             opts.servers.push_back(a)
         copy_key(opts.auth_key, <const unsigned char*>PyBytes_AS_STRING(auth_key))
+        opts.tenant = tenant.encode()
         opts.num_connections = num_connections
         opts.connect_timeout_ms = connect_timeout_ms
         opts.op_timeout_ms = op_timeout_ms
@@ -698,8 +700,9 @@ cdef class _RawSession:
     """Test hook: one authenticated session with access to exact frame bytes."""
     cdef unique_ptr[RawSession] s
 
-    def __cinit__(self, str host, int port, bytes auth_key, int timeout_ms=5000):
-        self.s.reset(new RawSession(host.encode(), port, <const unsigned char*>PyBytes_AS_STRING(auth_key), timeout_ms))
+    def __cinit__(self, str host, int port, bytes auth_key, int timeout_ms=5000, str tenant=""):
+        self.s.reset(new RawSession(host.encode(), port, <const unsigned char*>PyBytes_AS_STRING(auth_key), timeout_ms,
+                                    tenant.encode()))
 
     def encode(self, int op, bytes meta, bytes data=b""):
         return <bytes>self.s.get().encode(op, meta, data)

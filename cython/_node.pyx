@@ -38,10 +38,27 @@ cdef extern from "../csrc/node/store.hpp" namespace "memkv":
         uint64_t corrupt_detected, flush_errors, flushed, pending_parts, disk_reads
         uint64_t arena_bytes, arena_free, arena_prefaulted
 
+    cppclass AccountStats:
+        string tenant
+        uint64_t dram_quota, disk_quota, dram_used, disk_used, keys, evictions_dram, evictions_disk
+
     cppclass Store:
+        vector[AccountStats] account_stats() nogil
         uint64_t max_value_bytes()
         bint direct_io()
         uint64_t startup_ms()
+
+
+cdef extern from "../csrc/node/tenants.hpp" namespace "memkv":
+    cppclass TenantSpec:
+        string name
+        Key32 key
+        uint64_t dram_quota, disk_quota
+
+    cppclass TenantCounterSnapshot:
+        string name
+        bint active
+        uint64_t ops, bytes_in, bytes_out, hits, misses, over_quota, connections
 
 
 cdef extern from "../csrc/node/server.hpp" namespace "memkv":
@@ -72,7 +89,9 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
         void stop() except +raise_py_error nogil
         uint16_t port()
         NodeStats stats() nogil
-        Store& store()
+        Store& store() nogil
+        void set_tenants(const vector[TenantSpec]&, vector[string]*, vector[string]*) except +raise_py_error nogil
+        vector[TenantCounterSnapshot] tenant_counters() nogil
 
 
 cdef extern from "py_glue.hpp" namespace "memkv::py":
@@ -133,6 +152,46 @@ cdef class NativeNode:
     @property
     def port(self):
         return self.n.get().port()
+
+    def set_tenants(self, list specs):
+        """specs: (name, 32-byte key, dram_quota, disk_quota) each. Returns
+        (added, revoked) names: revoked tenants' connections close at their
+        next op."""
+        cdef vector[TenantSpec] v
+        cdef TenantSpec t
+        cdef vector[string] added, revoked
+        for name, key, dram_quota, disk_quota in specs:
+            if len(key) != 32:
+                raise ValueError(f"tenant {name}: the key must be 32 bytes")
+            t.name = name.encode()
+            copy_key(t.key, <const unsigned char*>PyBytes_AS_STRING(key))
+            t.dram_quota = dram_quota
+            t.disk_quota = disk_quota
+            v.push_back(t)
+        with nogil:
+            self.n.get().set_tenants(v, &added, &revoked)
+        return [a.decode() for a in added], [r.decode() for r in revoked]
+
+    def tenant_stats(self):
+        """Per tenant: usage and quotas (store) joined with op counters (node)."""
+        cdef vector[AccountStats] acc
+        cdef vector[TenantCounterSnapshot] cnt
+        with nogil:
+            acc = self.n.get().store().account_stats()
+            cnt = self.n.get().tenant_counters()
+        out = {}
+        for c in cnt:
+            out[c.name.decode()] = {"active": c.active, "ops": c.ops, "bytes_in": c.bytes_in,
+                                    "bytes_out": c.bytes_out, "hits": c.hits, "misses": c.misses,
+                                    "over_quota": c.over_quota, "connections_total": c.connections}
+        for a in acc:
+            row = out.setdefault(a.tenant.decode(), {"active": False, "ops": 0, "bytes_in": 0, "bytes_out": 0,
+                                                      "hits": 0, "misses": 0, "over_quota": 0,
+                                                      "connections_total": 0})
+            row.update({"keys": a.keys, "dram_bytes_used": a.dram_used, "dram_quota_bytes": a.dram_quota,
+                        "disk_bytes_used": a.disk_used, "disk_quota_bytes": a.disk_quota,
+                        "evictions_dram": a.evictions_dram, "evictions_disk": a.evictions_disk})
+        return out
 
     @property
     def max_value_bytes(self):

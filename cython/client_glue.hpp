@@ -60,12 +60,13 @@ inline std::vector<std::string> rdma_list_devices() { return rdma::list_devices(
 
 class RawSession {
  public:
-  RawSession(const std::string& host, uint16_t port, const unsigned char* key, int timeout_ms)
+  RawSession(const std::string& host, uint16_t port, const unsigned char* key, int timeout_ms,
+             const std::string& tenant)
       : timeout_ms_(timeout_ms) {
     wire::Key32 k;
     std::memcpy(k.data(), key, k.size());
     Socket sock = Socket::connect_to(host, port, timeout_ms);
-    session_ = wire::Session::client(std::move(sock), k, timeout_ms);
+    session_ = wire::Session::client(std::move(sock), k, timeout_ms, tenant);
   }
   std::string encode(uint8_t op, const std::string& meta, const std::string& data) {
     std::vector<uint8_t> m(meta.begin(), meta.end()), d(data.begin(), data.end());

@@ -17,6 +17,7 @@ cdef extern from "../csrc/nixl/settings.hpp" namespace "memkv::nixl":
     void settings_set_key(PluginSettings*, const unsigned char*)
     void settings_set(PluginSettings*, int, int, int, const string&, int, int, int)
     void settings_set_transport(PluginSettings*, const string&, const string&)
+    void settings_set_tenant(PluginSettings*, const string&)
 
 
 cdef public int memkv_nixl_configure(const unordered_map[string, string]* params, PluginSettings* out,
@@ -36,6 +37,7 @@ cdef public int memkv_nixl_configure(const unordered_map[string, string]* params
         settings_set(out, s["num_connections"], s["connect_timeout_ms"], s["op_timeout_ms"],
                      s["namespace"].encode(), s["workers"], s["staging_size_mb"], s["staging_slot_mb"])
         settings_set_transport(out, s["transport"].encode(), s["rdma_devices"].encode())
+        settings_set_tenant(out, s["tenant"].encode())
         return 0
     except BaseException as e:
         error[0] = str(e).encode(errors="replace")

@@ -62,6 +62,34 @@ class _NodeCollector:
         rdma.add_metric(["in"], s["rdma"]["bytes_in"])
         rdma.add_metric(["out"], s["rdma"]["bytes_out"])
         yield rdma
+        yield from _tenant_metrics(s.get("tenants") or {})
+
+
+def _tenant_metrics(tenants: dict):
+    g, c = GaugeMetricFamily, CounterMetricFamily
+    ops = c("memkv_tenant_ops", "Operations served per tenant", labels=["tenant"])
+    rx = c("memkv_tenant_bytes_received", "Value bytes received per tenant", labels=["tenant"])
+    tx = c("memkv_tenant_bytes_sent", "Value bytes sent per tenant", labels=["tenant"])
+    hits = c("memkv_tenant_hits", "Reads that found their object, per tenant", labels=["tenant"])
+    misses = c("memkv_tenant_misses", "Reads that found nothing, per tenant", labels=["tenant"])
+    refused = c("memkv_tenant_over_quota", "Values refused as larger than the tenant's quota", labels=["tenant"])
+    keys = g("memkv_tenant_keys", "Objects stored per tenant", labels=["tenant"])
+    used = g("memkv_tenant_bytes_used", "Bytes a tenant holds per tier", labels=["tenant", "tier"])
+    quota = g("memkv_tenant_quota_bytes", "A tenant's quota per tier (0: no limit)", labels=["tenant", "tier"])
+    ev = c("memkv_tenant_evictions", "Objects of a tenant evicted per tier", labels=["tenant", "tier"])
+    for name, t in sorted(tenants.items()):
+        ops.add_metric([name], t["ops"])
+        rx.add_metric([name], t["bytes_in"])
+        tx.add_metric([name], t["bytes_out"])
+        hits.add_metric([name], t["hits"])
+        misses.add_metric([name], t["misses"])
+        refused.add_metric([name], t["over_quota"])
+        keys.add_metric([name], t.get("keys", 0))
+        for tier in ("dram", "disk"):
+            used.add_metric([name, tier], t.get(f"{tier}_bytes_used", 0))
+            quota.add_metric([name, tier], t.get(f"{tier}_quota_bytes", 0))
+            ev.add_metric([name, tier], t.get(f"evictions_{tier}", 0))
+    yield from (ops, rx, tx, hits, misses, refused, keys, used, quota, ev)
 
 
 class AdminServer:

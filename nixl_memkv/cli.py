@@ -1,4 +1,4 @@
-"""The `memkv` command line: server, status, keygen, license, bench, demo."""
+"""The `memkv` command line: server, status, keygen, tenant, license, bench, demo."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def main() -> None:
 @click.option("--max-connections", type=int, help="Concurrent client connections (default 1024).")
 @click.option("--rdma-devices", help="RDMA devices to serve clients over, e.g. mlx5_0,mlx5_1 "
                                      "(MEMKV_RDMA_DEVICES; default none: TCP only).")
+@click.option("--tenants", help="Tenants file (MEMKV_TENANTS): each tenant gets its own key, keyspace and quotas; "
+                                "SIGHUP reloads it. Default: the cluster key only.")
 @click.option("--auth-key-file", help="File holding the 64-hex auth key (else MEMKV_AUTH_KEY).")
 @click.option("--node-id", help="Stable node id (default: generated once, kept in the data dir).")
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR (MEMKV_LOG_LEVEL).")
@@ -225,6 +227,76 @@ def license_verify(path, pubkey) -> None:
         _fail(e)
     click.echo(f"license verified plan={lic.plan} licensee={lic.licensee} expires={lic.expires_at:%Y-%m-%d} "
                f"id={lic.license_id}")
+
+
+@main.group()
+def tenant() -> None:
+    """Add, list and remove tenants in a node's tenants file (send the node SIGHUP to apply)."""
+
+
+_TENANTS_FILE = click.option("--file", "path", envvar="MEMKV_TENANTS", required=True,
+                             help="The tenants file the node loads with --tenants (else MEMKV_TENANTS).")
+
+
+def _quota(value: str | None, flag: str) -> int:
+    from .config import parse_size
+
+    return parse_size(value, flag) if value else 0
+
+
+@tenant.command("add")
+@click.argument("name")
+@_TENANTS_FILE
+@click.option("--dram-quota", help="Most DRAM the tenant may hold, e.g. 8GiB (default: no limit).")
+@click.option("--disk-quota", help="Most shard space the tenant may hold, e.g. 100GiB (default: no limit).")
+def tenant_add(name, path, dram_quota, disk_quota) -> None:
+    """Add a tenant with fresh credentials; prints them once, as one JSON object."""
+    from .tenants import load_or_empty, new_tenant, save_tenants
+
+    try:
+        tenants = load_or_empty(path)
+        if name in tenants:
+            raise MemKVError(f"tenant {name} already exists in {path}; `memkv tenant remove {name} --file {path}` "
+                             "first to replace its credentials")
+        t = new_tenant(name, dram_quota=_quota(dram_quota, "--dram-quota"),
+                       disk_quota=_quota(disk_quota, "--disk-quota"))
+        tenants[name] = t
+        save_tenants(path, tenants)
+    except MemKVError as e:
+        _fail(e)
+    click.echo(json.dumps(t.credentials()))
+
+
+@tenant.command("list")
+@_TENANTS_FILE
+def tenant_list(path) -> None:
+    """The tenants in the file, without their secrets (JSON lines)."""
+    from .tenants import describe, load_tenants
+
+    try:
+        tenants = load_tenants(path)
+    except MemKVError as e:
+        _fail(e)
+    for t in tenants.values():
+        click.echo(json.dumps(describe(t)))
+
+
+@tenant.command("remove")
+@click.argument("name")
+@_TENANTS_FILE
+def tenant_remove(name, path) -> None:
+    """Remove a tenant: after the node's next reload its connections are refused."""
+    from .tenants import load_tenants, save_tenants
+
+    try:
+        tenants = load_tenants(path)
+        if name not in tenants:
+            raise MemKVError(f"no tenant {name} in {path} (`memkv tenant list --file {path}` shows them)")
+        del tenants[name]
+        save_tenants(path, tenants)
+    except MemKVError as e:
+        _fail(e)
+    click.echo(json.dumps({"removed": name}))
 
 
 @main.command("plugin-dir")

@@ -22,6 +22,7 @@ log = logging.getLogger("memkv-client")
 _STATUS_TEXT = {
     1: "not found", 2: "bad request", 4: "value too large for the node", 5: "checksum mismatch in transit",
     6: "node out of space", 7: "node internal error", 10: "node shutting down", 11: "invalid key",
+    13: "value larger than the tenant's quota",
     _client.STATUS_UNAVAILABLE: "node unavailable",
 }
 
@@ -55,7 +56,8 @@ class Client:
         self._native = _client.NativeClient(
             nodes, config.auth_key, config.num_connections, config.connect_timeout_ms, config.op_timeout_ms,
             native_transport_mode(config, self.transport), usable_rails(config, self.transport),
-            config.staging_size_mb << 20, config.staging_slot_mb << 20, config.registration_cache_mb << 20)
+            config.staging_size_mb << 20, config.staging_slot_mb << 20, config.registration_cache_mb << 20,
+            config.tenant)
         self._ns = config.namespace.encode() if config.namespace else b""
         self._registered: dict[int, Any] = {}
         log_rails(config, self._native.rail_device)

@@ -284,6 +284,15 @@ def _parse_namespace(value: object, src: _Source) -> str:
     return value.strip()
 
 
+def _parse_tenant(value: object, src: _Source) -> str:
+    from .tenants import TENANT_NAME_FORM, tenant_name_ok
+
+    name = value.strip() if isinstance(value, str) else value
+    if not isinstance(name, str) or (name and not tenant_name_ok(name)):
+        raise src.invalid(value, TENANT_NAME_FORM + " (or empty for the cluster key)")
+    return name
+
+
 def _parse_host(value: object, src: _Source) -> str:
     expected = "a host name or IP address to listen on, such as 0.0.0.0 or ::"
     if not isinstance(value, str):
@@ -418,6 +427,7 @@ class ClientConfig:
     connect_timeout_ms: int = 5000
     op_timeout_ms: int = 30000
     namespace: str = ""  # key prefix
+    tenant: str = ""  # the tenant whose key auth_key is; "" = the cluster key
 
     def redacted(self) -> dict:
         """Every field, safe to log: the auth key shows only as "<set>" or "<unset>"."""
@@ -482,6 +492,7 @@ class NodeConfig:
     fsync_interval_ms: int = 1000
     max_connections: int = 1024
     rdma_devices: tuple[str, ...] = ()  # RDMA devices served to clients that ask; empty: TCP only
+    tenants: str | None = None  # tenants file (nixl_memkv.tenants); None: the cluster key only
     auth_key: bytes
     node_id: str | None = None  # None: generated and persisted by the node
     log_level: str = "INFO"
@@ -521,6 +532,7 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "connect_timeout_ms": _int_parser(1),
     "op_timeout_ms": _int_parser(1),
     "namespace": _parse_namespace,
+    "tenant": _parse_tenant,
 }
 
 _NODE_PARSERS: dict[str, _Parser] = {
@@ -534,6 +546,7 @@ _NODE_PARSERS: dict[str, _Parser] = {
     "fsync_interval_ms": _int_parser(1),
     "max_connections": _int_parser(1),
     "rdma_devices": _parse_devices,
+    "tenants": _parse_path,
     "auth_key": _parse_key,
     "node_id": _parse_node_id,
     "log_level": _choice_parser(LOG_LEVELS, upper=True, aliases={"WARN": "WARNING"}),

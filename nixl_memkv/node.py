@@ -16,7 +16,8 @@ import uuid
 from . import __version__
 from ._node import NativeNode, install_native_logging
 from .config import NodeConfig, format_size, resolve_disk_capacity
-from .errors import ConfigError
+from .errors import ConfigError, MemKVError
+from .tenants import load_tenants, native_specs
 
 log = logging.getLogger("memkv")
 
@@ -40,6 +41,9 @@ class MemKVNode:
             dram_capacity=cfg.dram_capacity, disk_capacity=self.disk_capacity, fsync=cfg.fsync,
             fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections,
             rdma_devices=list(cfg.rdma_devices))
+        self.tenants: dict = {}
+        if cfg.tenants:
+            self._install_tenants(load_tenants(cfg.tenants))
         self._admin_enabled = admin
         self.admin = None
         self.started_at = 0.0
@@ -61,6 +65,26 @@ class MemKVNode:
             f.write(node_id + "\n")
         os.replace(path + ".tmp", path)
         return node_id
+
+    def _install_tenants(self, tenants: dict) -> tuple[list[str], list[str]]:
+        added, revoked = self._native.set_tenants(native_specs(tenants))
+        self.tenants = tenants
+        return added, revoked
+
+    def reload_tenants(self) -> bool:
+        """Re-reads the tenants file (SIGHUP). A file that fails to load leaves
+        the current tenants in place, and says why."""
+        if not self.cfg.tenants:
+            log.warning("SIGHUP: no tenants file to reload (start the node with --tenants FILE)")
+            return False
+        try:
+            added, revoked = self._install_tenants(load_tenants(self.cfg.tenants))
+        except MemKVError as e:
+            log.error("tenants not reloaded, keeping the %d loaded before: %s", len(self.tenants), e)
+            return False
+        log.info("tenants reloaded from %s: %d tenants (added: %s; revoked: %s)", self.cfg.tenants,
+                 len(self.tenants), ", ".join(added) or "none", ", ".join(revoked) or "none")
+        return True
 
     @property
     def port(self) -> int:
@@ -89,6 +113,8 @@ class MemKVNode:
                  self.node_id, __version__, self.cfg.host, self.port,
                  f"{self.cfg.host}:{self.admin.port}" if self.admin else "off", format_size(self.cfg.dram_capacity),
                  format_size(self.disk_capacity), self.cfg.fsync)
+        if self.cfg.tenants:
+            log.info("tenants from %s: %s", self.cfg.tenants, ", ".join(sorted(self.tenants)) or "none yet")
         return self
 
     def stop(self) -> None:
@@ -140,6 +166,8 @@ class MemKVNode:
             "flush_errors": s["flush_errors"],
             "rdma": {"devices": list(self.cfg.rdma_devices), "connections_total": s["rdma_connections"],
                      "bytes_in": s["rdma_bytes_in"], "bytes_out": s["rdma_bytes_out"]},
+            # Every tenant this node has served or lists; "active": in the current file.
+            "tenants": self._native.tenant_stats() if self.cfg.tenants else {},
         }
 
     def __enter__(self) -> "MemKVNode":
@@ -150,9 +178,10 @@ class MemKVNode:
 
 
 def run_node(cfg: NodeConfig) -> int:
-    """Runs a node in the foreground until SIGTERM or SIGINT."""
+    """Runs a node in the foreground until SIGTERM or SIGINT; SIGHUP reloads its tenants."""
     node = MemKVNode(cfg)
     done = threading.Event()
+    reload = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("received %s", signal.Signals(signum).name)
@@ -160,10 +189,13 @@ def run_node(cfg: NodeConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
     node.start()
     try:
-        while not done.wait(1.0):
-            pass
+        while not done.wait(0.2):
+            if reload.is_set():  # reloaded here, not in the handler: it loads YAML and takes locks
+                reload.clear()
+                node.reload_tenants()
     finally:
         node.stop()
     return 0

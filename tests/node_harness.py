@@ -22,6 +22,17 @@ def make_licence(directory: str, days: int = 30) -> tuple[str, str]:
     return write_throwaway_license(directory, licensee="tests", plan="enterprise", days=days)
 
 
+def make_tenants(path: str, *names: str) -> dict[str, dict]:
+    """A tenants file holding fresh tenants `names`; their credentials by name."""
+    from nixl_memkv.tenants import load_or_empty, new_tenant, save_tenants
+
+    tenants = load_or_empty(path)
+    made = {name: new_tenant(name) for name in names}
+    tenants.update(made)
+    save_tenants(path, tenants)
+    return {name: t.credentials() for name, t in made.items()}
+
+
 def clean_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKV_")}
     env.update(extra)

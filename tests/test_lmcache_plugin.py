@@ -338,3 +338,22 @@ def test_retrieve_larger_than_the_cpu_pool_returns_a_prefix_without_hanging(node
     assert small.plugin.stats()["alloc_failures"] >= 1
     small.clear_local()
     assert small.cpu_bytes_in_use() == 0
+
+
+def test_tenants_do_not_share_chunks(make_node, tmp_path, licence, engine_factory):
+    """The same prompt stored by two tenants: each finds only its own chunks."""
+    from node_harness import make_tenants
+
+    tenants = str(tmp_path / "tenants.yaml")
+    creds = make_tenants(tenants, "lm-a", "lm-b")
+    node = make_node("--tenants", tenants, "--dram-capacity", "128MiB", "--disk-capacity", "0")
+    a = engine_factory(extra_for([node], creds["lm-a"]["auth_key"], licence, tenant="lm-a"))
+    tokens, data = a.store_prompt(21, NTOKENS)
+    b = engine_factory(extra_for([node], creds["lm-b"]["auth_key"], licence, tenant="lm-b"), local_cpu=True)
+    assert b.lookup(tokens) == 0
+    reader = engine_factory(extra_for([node], creds["lm-a"]["auth_key"], licence, tenant="lm-a"), local_cpu=True)
+    assert reader.lookup(tokens) == NTOKENS
+    n, got = reader.retrieve(tokens)
+    assert n == NTOKENS and torch.equal(got, data)
+    assert node.status()["tenants"]["lm-a"]["keys"] == NTOKENS // H.CHUNK
+    assert node.status()["tenants"]["lm-b"]["keys"] == 0

@@ -153,6 +153,24 @@ def test_models_tp_ranks_and_layouts_never_share_pages(node, auth_key, licence, 
     assert same_bytes.prefetch(tokens)[0] == 8 * same_bytes.page  # identical bytes: shared
 
 
+def test_tenants_do_not_share_pages(make_node, tmp_path, licence, rigs):
+    from node_harness import make_tenants
+
+    tenants = str(tmp_path / "tenants.yaml")
+    creds = make_tenants(tenants, "sg-a", "sg-b")
+    node = make_node("--tenants", tenants, "--dram-capacity", "256MiB", "--disk-capacity", "0")
+    a = rigs(extra=extra_for([node], creds["sg-a"]["auth_key"], licence, tenant="sg-a"))
+    tokens = a.tokens(9, 16)
+    assert a.backup(a.write_pages(a.page_data(9, 16)), tokens) == 16 * a.page
+    b = rigs(extra=extra_for([node], creds["sg-b"]["auth_key"], licence, tenant="sg-b"))
+    assert b.prefetch(tokens)[0] == 0
+    again = rigs(extra=extra_for([node], creds["sg-a"]["auth_key"], licence, tenant="sg-a"))
+    hit, done, idx = again.prefetch(tokens)
+    assert hit == done == 16 * again.page
+    got = again.read_pages(idx, 16)
+    assert all(torch.equal(x, y) for x, y in zip(got, again.page_data(9, 16)))
+
+
 def test_node_down_prefetch_misses_and_sglang_keeps_serving(node, auth_key, licence, rigs):
     rig = rigs(extra=extra_for([node], auth_key, licence))
     data, tokens = rig.page_data(7, 20), rig.tokens(7, 20)

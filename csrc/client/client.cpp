@@ -49,8 +49,9 @@ Client::Client(ClientOptions opts) : opts_(std::move(opts)), router_([&] {
   if (opts_.num_connections < 1) fail(ErrorKind::Config, "num_connections must be at least 1");
   transport_ = std::make_unique<transport::ClientTransport>(opts_.transport);
   for (size_t i = 0; i < opts_.servers.size(); ++i)
-    pools_.push_back(std::make_unique<ServerPool>(opts_.servers[i], i, opts_.auth_key, opts_.num_connections,
-                                                  opts_.connect_timeout_ms, opts_.op_timeout_ms, transport_.get()));
+    pools_.push_back(std::make_unique<ServerPool>(opts_.servers[i], i, opts_.auth_key, opts_.tenant,
+                                                  opts_.num_connections, opts_.connect_timeout_ms,
+                                                  opts_.op_timeout_ms, transport_.get()));
 }
 
 Client::~Client() {
@@ -95,6 +96,9 @@ void Client::check_key(std::string_view key) const {
   if (key.size() > kMaxKeyLen)
     fail(ErrorKind::KeyTooLong, "key is " + std::to_string(key.size()) +
                                     " bytes: MemKV keys are 1 to 512 bytes (digest longer keys, e.g. with SHA-256)");
+  if (key[0] == '\0')
+    fail(ErrorKind::KeyTooLong, "key starts with a NUL byte: nodes reserve that for tenants' keyspaces "
+                                "(connect as the tenant with MEMKV_TENANT instead)");
 }
 
 // Runs fn on a pooled session. A reused connection that turns out to be

@@ -20,6 +20,7 @@ namespace memkv {
 struct ClientOptions {
   std::vector<ServerAddr> servers;
   wire::Key32 auth_key{};
+  std::string tenant;  // whose key auth_key is ("" = the cluster key)
   int num_connections = 4;
   int connect_timeout_ms = 5000;
   int op_timeout_ms = 30000;

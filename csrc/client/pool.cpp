@@ -6,9 +6,10 @@
 
 namespace memkv {
 
-ServerPool::ServerPool(ServerAddr addr, size_t index, const wire::Key32& key, int size, int connect_timeout_ms,
-                       int op_timeout_ms, transport::ClientTransport* transport)
-    : addr_(std::move(addr)), index_(index), key_(key), size_(size), connect_timeout_ms_(connect_timeout_ms),
+ServerPool::ServerPool(ServerAddr addr, size_t index, const wire::Key32& key, std::string tenant, int size,
+                       int connect_timeout_ms, int op_timeout_ms, transport::ClientTransport* transport)
+    : addr_(std::move(addr)), index_(index), key_(key), tenant_(std::move(tenant)), size_(size),
+      connect_timeout_ms_(connect_timeout_ms),
       op_timeout_ms_(op_timeout_ms), transport_(transport) {}
 
 ServerPool::~ServerPool() = default;
@@ -35,7 +36,7 @@ ServerPool::Lease ServerPool::acquire() {
     sock.set_peer(addr_.name);
     sock.set_spin_us(50);
     transport::Connection c;
-    c.session = wire::Session::client(std::move(sock), key_, op_timeout_ms_);
+    c.session = wire::Session::client(std::move(sock), key_, op_timeout_ms_, tenant_);
     c.mover = transport_->attach(*c.session, index_, addr_.name, op_timeout_ms_);
     lk.lock();
     max_value_bytes_ = c.session->peer().max_value_bytes;

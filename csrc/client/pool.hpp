@@ -24,8 +24,9 @@ struct ServerAddr {
 
 class ServerPool {
  public:
-  ServerPool(ServerAddr addr, size_t index, const wire::Key32& key, int size, int connect_timeout_ms, int op_timeout_ms,
-             transport::ClientTransport* transport);
+  // `tenant`: whose key `key` is ("" = the cluster key).
+  ServerPool(ServerAddr addr, size_t index, const wire::Key32& key, std::string tenant, int size,
+             int connect_timeout_ms, int op_timeout_ms, transport::ClientTransport* transport);
   ~ServerPool();
 
   struct Lease {
@@ -44,6 +45,7 @@ class ServerPool {
   ServerAddr addr_;
   size_t index_;
   wire::Key32 key_;
+  std::string tenant_;
   int size_;
   int connect_timeout_ms_;
   int op_timeout_ms_;

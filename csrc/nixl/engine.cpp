@@ -25,7 +25,7 @@ Params MemKVEngine::default_params() {
   return {{"servers", ""},           {"auth_key", ""},         {"transport", ""},       {"rdma_devices", ""},
           {"license", ""},           {"license_pubkey", ""},   {"num_connections", ""}, {"staging_size_mb", ""},
           {"staging_slot_mb", ""},   {"connect_timeout_ms", ""}, {"op_timeout_ms", ""}, {"namespace", ""},
-          {"workers", ""}};
+          {"tenant", ""},            {"workers", ""}};
 }
 
 MemKVEngine::MemKVEngine(const InitParams* params) : EngineBase(params) {

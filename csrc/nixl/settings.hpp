@@ -22,6 +22,7 @@ inline void settings_add_server(PluginSettings* s, const std::string& name, cons
 inline void settings_set_key(PluginSettings* s, const unsigned char* key) {
   std::memcpy(s->client.auth_key.data(), key, s->client.auth_key.size());
 }
+inline void settings_set_tenant(PluginSettings* s, const std::string& tenant) { s->client.tenant = tenant; }
 inline void settings_set(PluginSettings* s, int num_connections, int connect_timeout_ms, int op_timeout_ms,
                          const std::string& key_prefix, int workers, int staging_size_mb, int staging_slot_mb) {
   s->staging_bytes = static_cast<uint64_t>(staging_size_mb) << 20;

@@ -32,13 +32,35 @@ uint16_t status_of(PutResult r) {
     case PutResult::NoSpace: return kNoSpace;
     case PutResult::ShuttingDown: return kShuttingDown;
     case PutResult::BadRange: return kBadRange;
+    case PutResult::OverQuota: return kOverQuota;
     default: return kInternal;
   }
 }
 
-bool key_ok(std::string_view k) { return !k.empty() && k.size() <= kMaxKeyLen; }
+bool key_ok(const std::string& stored) { return !stored.empty(); }  // see ConnState::scoped
 
 }  // namespace
+
+std::string Node::ConnState::scoped(std::string_view key) const {
+  // A leading kTenantMark is how tenants' keys are stored: no client may send one.
+  if (key.empty() || key.size() > kMaxKeyLen || key[0] == kTenantMark) return {};
+  if (!tenant) return std::string(key);
+  std::string out;
+  out.reserve(tenant->prefix.size() + key.size());
+  out.append(tenant->prefix).append(key);
+  return out;
+}
+
+void Node::set_tenants(const std::vector<TenantSpec>& specs, std::vector<std::string>* added,
+                       std::vector<std::string>* revoked) {
+  for (const TenantSpec& t : specs) {
+    if (!tenant_name_ok(t.name))
+      fail(ErrorKind::Config, "tenant name '" + t.name + "': use 1-" + std::to_string(kMaxTenantLen) +
+                                  " of A-Z a-z 0-9 . _ -");
+    store_->set_quota(t.name, t.dram_quota, t.disk_quota);
+  }
+  tenants_.replace(specs, added, revoked);
+}
 
 Node::Node(NodeOptions opts) : opts_(std::move(opts)), store_(std::make_unique<Store>(opts_.store)) {}
 
@@ -165,7 +187,17 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
   std::string peer = sock.peer();
   try {
     std::string why;
-    auto session = Session::server(std::move(sock), opts_.auth_key, opts_.node_id, store_->max_value_bytes(),
+    ConnState state;
+    auto key_for = [&](std::string_view tenant, Key32* key) {
+      if (tenant.empty()) {
+        *key = opts_.auth_key;
+        return true;
+      }
+      state.tenant = tenants_.find(tenant);
+      if (state.tenant) *key = state.tenant->key;
+      return state.tenant != nullptr;
+    };
+    auto session = Session::server(std::move(sock), key_for, opts_.node_id, store_->max_value_bytes(),
                                    opts_.io_timeout_ms, &why);
     if (!session) {
       if (why.rfind("closed before", 0) != 0) {
@@ -175,7 +207,7 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
     } else {
       FrameHeader h{};
       std::vector<uint8_t> meta;
-      Movers movers;
+      if (state.tenant) ++state.tenant->counters->connections;
       // A client in a tight loop sends its next request within microseconds
       // of our reply: then polling briefly before sleeping saves a wake-up (an
       // IPI on VMs) per op. Clients that pause between requests get no spin,
@@ -187,7 +219,7 @@ void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
         bool quick = std::chrono::steady_clock::now() - replied < kSpin;
         session->sock().set_spin_us(quick ? static_cast<int>(kSpin.count()) : 0);
         conn->busy = true;
-        handle(*session, movers, h, meta);
+        handle(*session, state, h, meta);
         conn->busy = false;
         replied = std::chrono::steady_clock::now();
       }
@@ -215,7 +247,7 @@ Node::Incoming Node::prepare_value(Session& s, transport::NodeMover& m, uint32_t
     in.status = kKeyInvalid;
     return in;
   }
-  PutResult pr = store_->reserve(size, key.size(), &in.reservation, !ahead);
+  PutResult pr = store_->reserve(size, key, &in.reservation, !ahead);
   if (pr == PutResult::NoSpace && ahead) {
     in.deferred = true;
     return in;
@@ -231,7 +263,8 @@ Node::Incoming Node::prepare_value(Session& s, transport::NodeMover& m, uint32_t
 }
 
 uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHeader& h, uint32_t index,
-                            const std::string& key, uint64_t size, Incoming in) {
+                            const std::string& key, uint64_t size, Incoming in, TenantCounters* counters) {
+  if (counters && in.status == kOverQuota) ++counters->over_quota;
   if (in.status != kOk) {
     m.skip(s, index, size, opts_.io_timeout_ms);
     s.recv_seal(h, index, opts_.io_timeout_ms);  // framing continues; the value is dropped
@@ -240,6 +273,7 @@ uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHead
   uint32_t crc = m.receive(s, index, in.value->data, size, opts_.io_timeout_ms);
   in.started = nullptr;  // its bytes are all in
   bytes_in_ += size;
+  if (counters) counters->bytes_in += size;
   if (s.recv_seal(h, index, opts_.io_timeout_ms) != crc) {
     ++checksum_failures_;
     return kChecksumMismatch;
@@ -252,12 +286,27 @@ uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHead
   return status_of(store_->commit(key, std::move(in.value), crc, std::move(in.reservation)));
 }
 
-void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::vector<uint8_t>& meta) {
+void Node::handle(Session& s, ConnState& conn, const FrameHeader& h, const std::vector<uint8_t>& meta) {
   const int t = opts_.io_timeout_ms;
   ByteReader in(meta.data(), meta.size());
   ByteWriter out;
   const uint8_t op = h.op;
+  Movers& movers = conn.movers;
+  TenantCounters* tc = conn.counters();
+  if (conn.tenant && conn.tenant->revoked) {
+    log(LogLevel::Info, "closing a connection of tenant '" + conn.tenant->name + "': the tenant was revoked");
+    fail(ErrorKind::Auth, "tenant revoked");
+  }
   if (op < kOpSlots) ++ops_[op];
+  if (tc) ++tc->ops;
+  auto hit = [&] {
+    ++hits_;
+    if (tc) ++tc->hits;
+  };
+  auto miss = [&] {
+    ++misses_;
+    if (tc) ++tc->misses;
+  };
   if ((h.flags & kFlagRdma) && !movers.rdma)
     fail(ErrorKind::Protocol, "RDMA frame on a connection without an RDMA queue pair");
   const bool rdma = (h.flags & kFlagRdma) != 0;
@@ -276,24 +325,25 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
     uint64_t n = 0;
     for (const struct iovec& v : values) n += v.iov_len;
     bytes_out_ += n;
+    if (tc) tc->bytes_out += n;
     if (rdma) rdma_bytes_out_ += n;
   };
 
   switch (op) {
     case kPut: {
-      std::string key(in.key());
+      std::string key = conn.scoped(in.key());
       uint64_t size = in.u64();
       in.u32();  // flags
       m.begin(in, 1, false);
       in.expect_end();
       if (size > kMaxDataLen || h.data_len != m.request_data_len(size, 1))
         fail(ErrorKind::Protocol, "put: data length does not match the value size");
-      reply(finish_value(s, m, h, 0, key, size, prepare_value(s, m, 0, key, size)));
+      reply(finish_value(s, m, h, 0, key, size, prepare_value(s, m, 0, key, size), tc));
       if (rdma) rdma_bytes_in_ += size;
       return;
     }
     case kGet: {
-      std::string key(in.key());
+      std::string key = conn.scoped(in.key());
       uint64_t offset = in.u64();
       uint64_t length = in.u64();
       m.begin(in, 1, true);
@@ -302,7 +352,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       uint32_t crc = 0;
       ValuePtr v = key_ok(key) ? store_->get(key, &crc) : nullptr;
       if (!v) {
-        ++misses_;
+        miss();
         reply(key_ok(key) ? kNotFound : kKeyInvalid);
         return;
       }
@@ -312,7 +362,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       }
       uint64_t len = std::min(length, v->size - offset);
       if (offset != 0 || len != v->size) crc = crc32c(0, v->data + offset, len);
-      ++hits_;
+      hit();
       out.u64(v->size);
       out.u64(offset);
       out.u32(crc);
@@ -321,7 +371,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
     }
     case kExists:
     case kStat: {
-      std::string key(in.key());
+      std::string key = conn.scoped(in.key());
       in.expect_end();
       transport::drain(s, h.data_len, t);
       ObjectInfo info;
@@ -339,7 +389,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       return;
     }
     case kDelete: {
-      std::string key(in.key());
+      std::string key = conn.scoped(in.key());
       in.expect_end();
       transport::drain(s, h.data_len, t);
       reply(!key_ok(key) ? kKeyInvalid : store_->remove(key) ? kOk : kNotFound);
@@ -359,7 +409,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       items.reserve(n);
       uint64_t total = 0;
       for (uint32_t i = 0; i < n; ++i) {
-        std::string key(in.key());
+        std::string key = conn.scoped(in.key());
         uint64_t size = in.u64();
         if (size > kMaxDataLen - total) fail(ErrorKind::Protocol, "batch_put: value sizes exceed the frame limit");
         total += size;
@@ -379,7 +429,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
         next.reset();
         if (m.pipelined() && i + 1 < n)
           next.emplace(prepare_value(s, m, i + 1, items[i + 1].first, items[i + 1].second, true));
-        out.u16(finish_value(s, m, h, i, items[i].first, items[i].second, std::move(cur)));
+        out.u16(finish_value(s, m, h, i, items[i].first, items[i].second, std::move(cur), tc));
       }
       reply(kOk);
       if (rdma) rdma_bytes_in_ += total;
@@ -396,7 +446,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       std::vector<Want> wants;
       wants.reserve(n);
       for (uint32_t i = 0; i < n; ++i) {
-        std::string key(in.key());
+        std::string key = conn.scoped(in.key());
         uint64_t offset = in.u64(), length = in.u64();
         wants.push_back({std::move(key), offset, length});
       }
@@ -414,7 +464,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
         if (key_ok(w.key)) vals[i] = store_->get(w.key, &crc);
         if (!vals[i] || w.offset > vals[i]->size) {
           uint16_t st = !key_ok(w.key) ? kKeyInvalid : vals[i] ? kBadRange : kNotFound;
-          if (st == kNotFound) ++misses_;
+          if (st == kNotFound) miss();
           vals[i].reset();
           out.u16(st);
           out.u64(0);
@@ -422,7 +472,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
           out.u32(0);
           continue;
         }
-        ++hits_;
+        hit();
         const Value& v = *vals[i];
         uint64_t len = std::min(w.length, v.size - w.offset);
         // A whole value carries its stored checksum; a range gets its own.
@@ -442,7 +492,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       if (n > kMaxBatchItems) fail(ErrorKind::Protocol, "batch: too many items");
       std::vector<std::string> keys;
       keys.reserve(n);
-      for (uint32_t i = 0; i < n; ++i) keys.emplace_back(in.key());
+      for (uint32_t i = 0; i < n; ++i) keys.push_back(conn.scoped(in.key()));
       in.expect_end();
       transport::drain(s, h.data_len, t);
       out.u32(n);
@@ -458,7 +508,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       return;
     }
     case kPutPart: {
-      std::string key(in.key());
+      std::string key = conn.scoped(in.key());
       uint64_t upload_id = in.u64(), total = in.u64(), offset = in.u64(), len = in.u64();
       m.begin(in, 1, false);
       in.expect_end();
@@ -480,6 +530,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       try {
         got = m.receive(s, 0, target.buffer->data + offset, len, t);
         bytes_in_ += len;
+        if (tc) tc->bytes_in += len;
         if (rdma) rdma_bytes_in_ += len;
         ok = s.recv_seal(h, 0, t) == got;
       } catch (...) {
@@ -498,7 +549,7 @@ void Node::handle(Session& s, Movers& movers, const FrameHeader& h, const std::v
       return;
     }
     case kAbortPart: {
-      std::string key(in.key());
+      std::string key = conn.scoped(in.key());
       uint64_t upload_id = in.u64();
       in.expect_end();
       transport::drain(s, h.data_len, t);

@@ -16,6 +16,7 @@
 #include "../transport/rdma_node.hpp"
 #include "../wire/session.hpp"
 #include "store.hpp"
+#include "tenants.hpp"
 
 namespace memkv {
 
@@ -56,6 +57,11 @@ class Node {
   uint16_t port() const { return bound_port_; }
   NodeStats stats();
   Store& store() { return *store_; }
+  // Installs the tenant table (and each tenant's quotas); callable while
+  // serving (a reload). See tenants.hpp for what it revokes.
+  void set_tenants(const std::vector<TenantSpec>& specs, std::vector<std::string>* added,
+                   std::vector<std::string>* revoked);
+  std::vector<TenantCounterSnapshot> tenant_counters() const { return tenants_.counters(); }
 
  private:
   struct Conn {
@@ -73,7 +79,15 @@ class Node {
     transport::TcpNodeMover tcp;
     std::unique_ptr<transport::NodeMover> rdma;
   };
-  void handle(wire::Session& s, Movers& movers, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
+  // What a connection is bound to after its handshake.
+  struct ConnState {
+    Movers movers;
+    std::shared_ptr<Tenant> tenant;  // null: the cluster key
+    TenantCounters* counters() const { return tenant ? tenant->counters : nullptr; }
+    // The stored key for a key the client named ("" if it is not a valid key).
+    std::string scoped(std::string_view key) const;
+  };
+  void handle(wire::Session& s, ConnState& conn, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
   // A value of a request on its way in: its DRAM reservation and buffer,
   // and whether its transfer has started (RDMA). Abandoned unfinished, it
   // stops the transfer before the buffer is freed.
@@ -100,10 +114,11 @@ class Node {
                          uint64_t size, bool ahead = false);
   // Receives it, verifies its seal and publishes it; returns the wire status.
   uint16_t finish_value(wire::Session& s, transport::NodeMover& m, const wire::FrameHeader& h, uint32_t index,
-                        const std::string& key, uint64_t size, Incoming in);
+                        const std::string& key, uint64_t size, Incoming in, TenantCounters* counters);
 
   NodeOptions opts_;
   std::unique_ptr<Store> store_;
+  TenantTable tenants_;
   std::unique_ptr<transport::RdmaNode> rdma_;
   int listen_fd_ = -1;
   uint16_t bound_port_ = 0;

@@ -31,18 +31,34 @@ uint64_t mono_ms() {
 
 }  // namespace
 
+std::string tenant_of_key(const std::string& key) {
+  if (key.empty() || key[0] != kTenantMark) return {};
+  size_t slash = key.find('/', 1);
+  return key.substr(1, slash == std::string::npos ? std::string::npos : slash - 1);
+}
+
+struct Account {
+  std::string tenant;
+  uint64_t dram_quota = 0, disk_quota = 0;
+  uint64_t dram_used = 0, disk_used = 0, keys = 0;
+  uint64_t evictions_dram = 0, evictions_disk = 0;
+  std::list<Store::Entry*> lru;    // its clean, resident entries; front = most recent
+  std::list<std::string> disk_lru;  // its shard records
+};
+
 Reservation& Reservation::operator=(Reservation&& o) noexcept {
   if (this != &o) {
-    if (store_) store_->release_dram(bytes_);
+    if (store_) store_->release_dram(account_, bytes_);
     store_ = o.store_;
     bytes_ = o.bytes_;
+    account_ = o.account_;
     o.store_ = nullptr;
   }
   return *this;
 }
 
 Reservation::~Reservation() {
-  if (store_) store_->release_dram(bytes_);
+  if (store_) store_->release_dram(account_, bytes_);
 }
 
 Store::Store(StoreConfig cfg) : cfg_(std::move(cfg)) {}
@@ -91,20 +107,18 @@ void Store::open() {
       e->written_ns = r.written_ns;
       e->version = ++next_version_;
       e->on_disk = true;
-      disk_lru_.push_front(r.key);
-      disk_[r.key] = DiskRecord{r.file_bytes, disk_lru_.begin()};
-      disk_used_ += r.file_bytes;
+      e->account = account_locked(r.key);
+      if (e->account) ++e->account->keys;
+      disk_insert_locked(r.key, r.file_bytes);
       index_[r.key] = std::move(e);
     }
     // A smaller disk capacity than last run: drop the oldest records.
     while (disk_used_ > cfg_.disk_capacity && !disk_lru_.empty()) {
       std::string victim = disk_lru_.back();
-      disk_lru_.pop_back();
-      disk_used_ -= disk_[victim].bytes;
-      disk_.erase(victim);
-      index_.erase(victim);
+      disk_evict_locked(victim);
+      auto e = index_.find(victim);
+      if (e != index_.end()) index_erase_locked(e->second.get());
       files_->remove(victim);
-      ++evictions_disk_;
     }
     if (skipped) log(LogLevel::Warning, "dropped " + std::to_string(skipped) + " unreadable shard records at start-up");
   }
@@ -140,23 +154,50 @@ void Store::close() {
   files_->save_index(records);
 }
 
-void Store::release_dram(uint64_t bytes) {
+void Store::release_dram(Account* a, uint64_t bytes) {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    dram_used_ -= bytes;
+    dram_sub_locked(a, bytes);
   }
   space_cv_.notify_all();
 }
 
+void Store::dram_add_locked(Account* a, uint64_t bytes) {
+  dram_used_ += bytes;
+  if (a) a->dram_used += bytes;
+}
+
+void Store::dram_sub_locked(Account* a, uint64_t bytes) {
+  dram_used_ -= bytes;
+  if (a) a->dram_used -= bytes;
+}
+
+Account* Store::account_locked(const std::string& key) {
+  if (key.empty() || key[0] != kTenantMark) return nullptr;
+  std::string tenant = tenant_of_key(key);
+  auto it = accounts_.find(tenant);
+  if (it != accounts_.end()) return it->second.get();
+  auto a = std::make_unique<Account>();
+  a->tenant = tenant;
+  return accounts_.emplace(tenant, std::move(a)).first->second.get();
+}
+
 void Store::lru_touch_locked(Entry* e) {
-  if (e->in_lru) lru_.erase(e->lru);
+  lru_unlink_locked(e);
   lru_.push_front(e);
   e->lru = lru_.begin();
+  if (e->account) {
+    e->account->lru.push_front(e);
+    e->account_lru = e->account->lru.begin();
+  }
   e->in_lru = true;
 }
 
 void Store::lru_unlink_locked(Entry* e) {
-  if (e->in_lru) lru_.erase(e->lru);
+  if (e->in_lru) {
+    lru_.erase(e->lru);
+    if (e->account) e->account->lru.erase(e->account_lru);
+  }
   e->in_lru = false;
 }
 
@@ -164,49 +205,101 @@ void Store::disk_touch_locked(const std::string& key) {
   auto it = disk_.find(key);
   if (it == disk_.end()) return;
   disk_lru_.splice(disk_lru_.begin(), disk_lru_, it->second.lru);
+  if (Account* a = it->second.account) a->disk_lru.splice(a->disk_lru.begin(), a->disk_lru, it->second.account_lru);
+}
+
+void Store::disk_insert_locked(const std::string& key, uint64_t bytes) {
+  disk_lru_.push_front(key);
+  DiskRecord& d = disk_[key];
+  d.bytes = bytes;
+  d.lru = disk_lru_.begin();
+  d.account = account_locked(key);
+  if (d.account) {
+    d.account->disk_lru.push_front(key);
+    d.account_lru = d.account->disk_lru.begin();
+    d.account->disk_used += bytes;
+  }
+  disk_used_ += bytes;
+}
+
+void Store::disk_erase_locked(std::unordered_map<std::string, DiskRecord>::iterator it) {
+  disk_used_ -= it->second.bytes;
+  disk_lru_.erase(it->second.lru);
+  if (Account* a = it->second.account) {
+    a->disk_used -= it->second.bytes;
+    a->disk_lru.erase(it->second.account_lru);
+  }
+  disk_.erase(it);
+}
+
+void Store::disk_evict_locked(const std::string& victim) {
+  auto d = disk_.find(victim);
+  if (Account* a = d->second.account) ++a->evictions_disk;
+  disk_erase_locked(d);
+  ++evictions_disk_;
+}
+
+void Store::index_erase_locked(Entry* e) {
+  if (e->account) --e->account->keys;
+  index_.erase(e->key);
 }
 
 void Store::drop_entry_locked(Entry* e) {
   lru_unlink_locked(e);
-  if (e->dram) dram_used_ -= e->charged;
+  if (e->dram) dram_sub_locked(e->account, e->charged);
   if (e->dirty) dirty_bytes_ -= e->size;
-  index_.erase(e->key);
+  index_erase_locked(e);
 }
 
-bool Store::evict_one_locked() {
-  if (lru_.empty()) return false;
-  Entry* e = lru_.back();
+bool Store::evict_locked(Entry* e) {
   lru_unlink_locked(e);
-  dram_used_ -= e->charged;
+  dram_sub_locked(e->account, e->charged);
   e->dram.reset();
   e->charged = 0;
   ++evictions_dram_;
+  if (e->account) ++e->account->evictions_dram;
   if (!e->on_disk) {  // not on a shard: evicting it forgets it
     ++evictions_dropped_;
-    index_.erase(e->key);
+    index_erase_locked(e);
   }
   return true;
 }
 
-PutResult Store::reserve(uint64_t size, size_t key_len, Reservation* out, bool wait) {
-  uint64_t need = charge(size, key_len);
+bool Store::evict_one_locked() { return !lru_.empty() && evict_locked(lru_.back()); }
+
+bool Store::dram_fits_locked(Account* a, uint64_t need) const {
+  return dram_used_ + need <= cfg_.dram_capacity && !(a && a->dram_quota && a->dram_used + need > a->dram_quota);
+}
+
+bool Store::make_room_locked(Account* a, uint64_t need) {
+  if (a && a->dram_quota && a->dram_used + need > a->dram_quota)
+    return !a->lru.empty() && evict_locked(a->lru.back());
+  return evict_one_locked();
+}
+
+PutResult Store::reserve(uint64_t size, const std::string& key, Reservation* out, bool wait) {
+  uint64_t need = charge(size, key.size());
   if (size > max_value_bytes()) return PutResult::TooLarge;
   std::unique_lock<std::mutex> lk(mu_);
+  Account* a = account_locked(key);
+  if (a && ((a->dram_quota && need > a->dram_quota) ||
+            (files_ && a->disk_quota && ShardFiles::file_bytes(size) > a->disk_quota)))
+    return PutResult::OverQuota;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.space_wait_ms);
-  while (dram_used_ + need > cfg_.dram_capacity) {
+  while (!dram_fits_locked(a, need)) {
     if (stopping_) return PutResult::ShuttingDown;
-    if (evict_one_locked()) continue;
+    if (make_room_locked(a, need)) continue;
     if (!wait) return PutResult::NoSpace;
     // Everything resident is still being flushed: wait for the shards.
     ++space_waiters_;
     flush_cv_.notify_one();
     bool timed_out = space_cv_.wait_until(lk, deadline) == std::cv_status::timeout;
     --space_waiters_;
-    if (timed_out && dram_used_ + need > cfg_.dram_capacity && lru_.empty()) return PutResult::NoSpace;
+    if (timed_out && !dram_fits_locked(a, need) && !make_room_locked(a, need)) return PutResult::NoSpace;
   }
   if (stopping_) return PutResult::ShuttingDown;
-  dram_used_ += need;
-  *out = Reservation(this, need);
+  dram_add_locked(a, need);
+  *out = Reservation(this, need, a);
   return PutResult::Ok;
 }
 
@@ -228,6 +321,8 @@ void Store::publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uin
   e->version = ++next_version_;
   e->dram = std::move(v);
   e->charged = charged;
+  e->account = account_locked(key);
+  if (e->account) ++e->account->keys;
   *version = e->version;
   if (files_) {
     e->dirty = true;
@@ -310,13 +405,13 @@ ValuePtr Store::get(const std::string& key, uint32_t* crc) {
     // Promote into DRAM if it fits after evicting colder clean values.
     Entry* e = it->second.get();
     uint64_t need = charge(v->size, key.size());
-    while (dram_used_ + need > cfg_.dram_capacity && evict_one_locked()) {
+    while (!dram_fits_locked(e->account, need) && make_room_locked(e->account, need)) {
     }
     auto again = index_.find(key);  // eviction may not touch e (not in the LRU), but be explicit
-    if (again != index_.end() && again->second.get() == e && dram_used_ + need <= cfg_.dram_capacity) {
+    if (again != index_.end() && again->second.get() == e && dram_fits_locked(e->account, need)) {
       e->dram = v;
       e->charged = need;
-      dram_used_ += need;
+      dram_add_locked(e->account, need);
       lru_touch_locked(e);
     }
     disk_touch_locked(key);
@@ -424,9 +519,7 @@ void Store::flush_one(const FlushTask& t) {
   if (!t.write) {
     auto d = disk_.find(t.key);
     if (d == disk_.end()) return;
-    disk_used_ -= d->second.bytes;
-    disk_lru_.erase(d->second.lru);
-    disk_.erase(d);
+    disk_erase_locked(d);
     lk.unlock();
     files_->remove(t.key, cfg_.fsync == FsyncMode::Always);
     lk.lock();
@@ -441,20 +534,16 @@ void Store::flush_one(const FlushTask& t) {
   const uint64_t written_ns = e->written_ns;
   const uint64_t need = ShardFiles::file_bytes(v->size);
   auto old = disk_.find(t.key);
-  uint64_t old_bytes = old == disk_.end() ? 0 : old->second.bytes;
-  if (old != disk_.end()) {  // replaced by the rename below
-    disk_lru_.erase(old->second.lru);
-    disk_.erase(old);
-    disk_used_ -= old_bytes;
-  }
+  if (old != disk_.end()) disk_erase_locked(old);  // replaced by the rename below
   std::vector<std::string> victims;
-  while (disk_used_ + need > cfg_.disk_capacity && !disk_lru_.empty()) {
-    std::string victim = disk_lru_.back();
-    disk_lru_.pop_back();
-    auto d = disk_.find(victim);
-    disk_used_ -= d->second.bytes;
-    disk_.erase(d);
-    ++evictions_disk_;
+  Account* a = e->account;
+  // Over its disk quota, a tenant's own oldest records go first.
+  auto over_quota = [&] {
+    return a && a->disk_quota && a->disk_used + need > a->disk_quota && !a->disk_lru.empty();
+  };
+  while (over_quota() || (disk_used_ + need > cfg_.disk_capacity && !disk_lru_.empty())) {
+    std::string victim = over_quota() ? a->disk_lru.back() : disk_lru_.back();
+    disk_evict_locked(victim);
     auto ve = index_.find(victim);
     if (ve != index_.end() && ve->second->on_disk) {
       ve->second->on_disk = false;
@@ -465,9 +554,7 @@ void Store::flush_one(const FlushTask& t) {
     }
     victims.push_back(std::move(victim));
   }
-  disk_used_ += need;  // reserved before the write so capacity holds throughout
-  disk_lru_.push_front(t.key);
-  disk_[t.key] = DiskRecord{need, disk_lru_.begin()};
+  disk_insert_locked(t.key, need);  // reserved before the write so capacity holds throughout
   lk.unlock();
 
   for (const std::string& k : victims) files_->remove(k);
@@ -483,11 +570,7 @@ void Store::flush_one(const FlushTask& t) {
   if (!ok) {
     ++flush_errors_;
     auto d = disk_.find(t.key);
-    if (d != disk_.end()) {
-      disk_used_ -= d->second.bytes;
-      disk_lru_.erase(d->second.lru);
-      disk_.erase(d);
-    }
+    if (d != disk_.end()) disk_erase_locked(d);
     files_->remove(t.key);
   } else {
     ++flushed_;
@@ -554,7 +637,7 @@ PutResult Store::part_begin(const std::string& key, uint64_t upload_id, uint64_t
     if (it != parts_.end()) return claim(it->second);
   }
   Reservation r;
-  PutResult pr = reserve(total, key.size(), &r);
+  PutResult pr = reserve(total, key, &r);
   if (pr != PutResult::Ok) return pr;
   ValuePtr buf = make_value(total);
   std::lock_guard<std::mutex> lk(mu_);
@@ -563,6 +646,7 @@ PutResult Store::part_begin(const std::string& key, uint64_t upload_id, uint64_t
     p.buffer = std::move(buf);
     p.total = total;
     p.reserved = r.bytes_;
+    p.account = r.account_;
     r.store_ = nullptr;
   }
   return claim(p);
@@ -582,7 +666,7 @@ PutResult Store::part_done(const std::string& key, uint64_t upload_id, uint64_t 
     p.last_active_ms = mono_ms();
     if (p.aborted) {
       if (p.writers == 0) {
-        dram_used_ -= p.reserved;
+        dram_sub_locked(p.account, p.reserved);
         parts_.erase(it);
         space_cv_.notify_all();
       }
@@ -616,7 +700,7 @@ PutResult Store::part_done(const std::string& key, uint64_t upload_id, uint64_t 
   // Every part was verified against its own checksum on arrival; this one
   // covers the assembled object from here on (shards, reads).
   uint32_t crc = crc32c(0, done.buffer->data, done.buffer->size);
-  return commit(key, std::move(done.buffer), crc, Reservation(this, done.reserved));
+  return commit(key, std::move(done.buffer), crc, Reservation(this, done.reserved, done.account));
 }
 
 bool Store::part_abort(const std::string& key, uint64_t upload_id) {
@@ -627,7 +711,7 @@ bool Store::part_abort(const std::string& key, uint64_t upload_id) {
     it->second.aborted = true;  // the last writer in flight releases it
     return true;
   }
-  dram_used_ -= it->second.reserved;
+  dram_sub_locked(it->second.account, it->second.reserved);
   parts_.erase(it);
   space_cv_.notify_all();
   return true;
@@ -637,7 +721,7 @@ void Store::expire_parts_locked(uint64_t now_ms) {
   for (auto it = parts_.begin(); it != parts_.end();) {
     Part& p = it->second;
     if (p.writers == 0 && now_ms - p.last_active_ms > static_cast<uint64_t>(cfg_.part_idle_timeout_ms)) {
-      dram_used_ -= p.reserved;
+      dram_sub_locked(p.account, p.reserved);
       space_cv_.notify_all();
       log(LogLevel::Warning, "dropped an incomplete multi-part write after " +
                                  std::to_string(cfg_.part_idle_timeout_ms) + " ms without progress");
@@ -673,6 +757,25 @@ StoreStats Store::stats() {
     s.arena_prefaulted = arena_->prefaulted_bytes();
   }
   return s;
+}
+
+void Store::set_quota(const std::string& tenant, uint64_t dram_quota, uint64_t disk_quota) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Account* a = account_locked(std::string(1, kTenantMark) + tenant + "/");
+  a->dram_quota = dram_quota;
+  a->disk_quota = disk_quota;
+}
+
+std::vector<AccountStats> Store::account_stats() {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<AccountStats> out;
+  out.reserve(accounts_.size());
+  for (const auto& kv : accounts_) {
+    const Account& a = *kv.second;
+    out.push_back(AccountStats{a.tenant, a.dram_quota, a.disk_quota, a.dram_used, a.disk_used, a.keys,
+                               a.evictions_dram, a.evictions_disk});
+  }
+  return out;
 }
 
 }  // namespace memkv

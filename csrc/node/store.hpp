@@ -9,6 +9,10 @@
 // acknowledged put reaches its shard unless the process dies first. All file
 // creation and removal happens on the flusher thread, in queue order, so
 // writes and deletes of one key can never overtake each other on disk.
+//
+// Tenants: the node stores tenant T's key K as kTenantMark T '/' K (no client
+// key may start with kTenantMark), and charges its bytes to T's account. A
+// tenant over its DRAM or disk quota makes room from its own LRU first.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -27,6 +31,11 @@
 #include "value.hpp"
 
 namespace memkv {
+
+constexpr char kTenantMark = '\0';
+struct Account;  // a tenant's usage, quotas and LRU lists (store.cpp)
+// "" for a key outside every tenant's keyspace (the cluster key's).
+std::string tenant_of_key(const std::string& key);
 
 struct StoreConfig {
   std::string data_dir;
@@ -49,14 +58,25 @@ struct StoreStats {
   uint64_t arena_bytes = 0, arena_free = 0, arena_prefaulted = 0;
 };
 
-enum class PutResult { Ok, TooLarge, NoSpace, ShuttingDown, BadRange, Internal };
+// One tenant's share of the store.
+struct AccountStats {
+  std::string tenant;
+  uint64_t dram_quota = 0, disk_quota = 0;  // 0: no limit
+  uint64_t dram_used = 0, disk_used = 0, keys = 0;
+  uint64_t evictions_dram = 0, evictions_disk = 0;
+};
+
+// OverQuota: the value can never fit in its tenant's DRAM or disk quota.
+enum class PutResult { Ok, TooLarge, NoSpace, ShuttingDown, BadRange, Internal, OverQuota };
 
 // DRAM reserved for a value while it is being received. Releases itself
 // unless handed to Store::commit.
 class Reservation {
  public:
   Reservation() = default;
-  Reservation(Reservation&& o) noexcept : store_(o.store_), bytes_(o.bytes_) { o.store_ = nullptr; }
+  Reservation(Reservation&& o) noexcept : store_(o.store_), bytes_(o.bytes_), account_(o.account_) {
+    o.store_ = nullptr;
+  }
   Reservation& operator=(Reservation&& o) noexcept;
   ~Reservation();
   uint64_t bytes() const { return bytes_; }
@@ -64,9 +84,10 @@ class Reservation {
 
  private:
   friend class Store;
-  Reservation(class Store* s, uint64_t b) : store_(s), bytes_(b) {}
+  Reservation(class Store* s, uint64_t b, Account* a) : store_(s), bytes_(b), account_(a) {}
   class Store* store_ = nullptr;
   uint64_t bytes_ = 0;
+  Account* account_ = nullptr;
 };
 
 struct ObjectInfo {
@@ -91,8 +112,9 @@ class Store {
   // DRAM accounted for one value of `size` bytes under `key_len`.
   static uint64_t charge(uint64_t size, size_t key_len);
 
+  // DRAM for a value of `size` bytes under `key`, charged to its tenant.
   // wait=false: NoSpace at once rather than waiting for the flusher to free DRAM.
-  PutResult reserve(uint64_t size, size_t key_len, Reservation* out, bool wait = true);
+  PutResult reserve(uint64_t size, const std::string& key, Reservation* out, bool wait = true);
   // Publishes a received, verified value. Waits for the shard write when
   // fsync=always.
   PutResult commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r);
@@ -121,6 +143,10 @@ class Store {
   bool part_abort(const std::string& key, uint64_t upload_id);
 
   StoreStats stats();
+  // Sets a tenant's quotas (0: no limit); lowering one takes effect as its
+  // next values arrive.
+  void set_quota(const std::string& tenant, uint64_t dram_quota, uint64_t disk_quota);
+  std::vector<AccountStats> account_stats();
   // A DRAM buffer for a value of `size` bytes (from the arena when it fits).
   ValuePtr make_value(uint64_t size) const { return Value::make(size, arena_); }
   // The arena holding large values (null when disabled): the node registers it for RDMA.
@@ -130,6 +156,7 @@ class Store {
 
  private:
   friend class Reservation;
+  friend struct Account;
   struct Entry {
     std::string key;
     uint64_t size = 0;
@@ -142,10 +169,14 @@ class Store {
     bool on_disk = false;  // the shard holds this version
     bool in_lru = false;
     std::list<Entry*>::iterator lru;  // clean, resident entries only
+    Account* account = nullptr;  // null: the cluster key's keyspace
+    std::list<Entry*>::iterator account_lru;
   };
   struct DiskRecord {
     uint64_t bytes = 0;
     std::list<std::string>::iterator lru;
+    Account* account = nullptr;
+    std::list<std::string>::iterator account_lru;
   };
   struct FlushTask {
     bool write;  // else remove
@@ -160,13 +191,28 @@ class Store {
     std::map<uint64_t, uint64_t> ranges;    // offset -> end of bytes already written
     std::map<uint64_t, uint64_t> inflight;  // offset -> end of parts being received
     uint64_t reserved = 0;  // DRAM charged for the buffer
+    Account* account = nullptr;
     int writers = 0;
     bool aborted = false;
     uint64_t last_active_ms = 0;
   };
 
-  void release_dram(uint64_t bytes);
-  bool evict_one_locked();
+  void release_dram(Account* a, uint64_t bytes);
+  void dram_add_locked(Account* a, uint64_t bytes);
+  void dram_sub_locked(Account* a, uint64_t bytes);
+  // The account of the key's tenant (created on first use), or null.
+  Account* account_locked(const std::string& key);
+  // Room for `need` more bytes of DRAM: within the capacity and a's quota.
+  bool dram_fits_locked(Account* a, uint64_t need) const;
+  // Evicts the LRU value of a's quota if a is over it, else of the node.
+  bool make_room_locked(Account* a, uint64_t need);
+  bool evict_one_locked();  // the node's LRU value
+  bool evict_locked(Entry* e);
+  void index_erase_locked(Entry* e);
+  void disk_insert_locked(const std::string& key, uint64_t bytes);
+  void disk_erase_locked(std::unordered_map<std::string, DiskRecord>::iterator it);
+  // Drops the record of `victim` from the disk tier (the file goes later, off the lock).
+  void disk_evict_locked(const std::string& victim);
   void drop_entry_locked(Entry* e);
   void lru_touch_locked(Entry* e);
   void lru_unlink_locked(Entry* e);
@@ -189,6 +235,7 @@ class Store {
   std::list<std::string> disk_lru_;
   std::deque<FlushTask> flush_queue_;
   std::map<std::pair<std::string, uint64_t>, Part> parts_;
+  std::unordered_map<std::string, std::unique_ptr<Account>> accounts_;  // by tenant; kept for the node's life
   uint64_t dram_used_ = 0, disk_used_ = 0, dirty_bytes_ = 0, next_version_ = 0;
   uint64_t evictions_dram_ = 0, evictions_disk_ = 0, evictions_dropped_ = 0, corrupt_ = 0, flush_errors_ = 0,
            flushed_ = 0, disk_reads_ = 0;

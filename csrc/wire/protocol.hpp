@@ -29,6 +29,7 @@ constexpr uint32_t kAuthMagic = 0x41564B4D;         // "MKVA"  client -> node
 constexpr uint32_t kAuthResultMagic = 0x52564B4D;   // "MKVR"  node -> client
 constexpr uint32_t kFrameMagic = 0x46564B4D;        // "MKVF"
 constexpr size_t kNonceLen = 32;
+constexpr size_t kMaxTenantLen = 23;
 constexpr size_t kNodeIdLen = 16;
 
 #pragma pack(push, 1)
@@ -37,7 +38,8 @@ struct ClientHello {  // 64 bytes
   uint16_t min_version;
   uint16_t max_version;
   uint8_t nonce[kNonceLen];
-  uint8_t reserved[24];
+  uint8_t tenant_len;  // 0: the cluster key; else the tenant whose key the client proves
+  char tenant[23];     // its name, tenant_len bytes; the rest 0
 };
 struct ServerHello {  // 128 bytes
   uint32_t magic;
@@ -121,6 +123,7 @@ enum Status : uint16_t {
   kShuttingDown = 10,
   kKeyInvalid = 11,
   kRdmaUnavailable = 12,  // the node serves no RDMA (reply metadata: why)
+  kOverQuota = 13,        // the value can never fit in its tenant's DRAM or disk quota
 };
 
 inline const char* op_name(uint8_t op) {
@@ -157,6 +160,7 @@ inline const char* status_name(uint16_t s) {
     case kShuttingDown: return "node shutting down";
     case kKeyInvalid: return "invalid key";
     case kRdmaUnavailable: return "RDMA unavailable on the node";
+    case kOverQuota: return "value larger than the tenant's quota (raise dram_quota/disk_quota in the node's tenants file)";
     default: return "unknown status";
   }
 }

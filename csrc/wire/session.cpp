@@ -35,26 +35,35 @@ Key32 derive(Hmac& master, std::string_view label, const uint8_t* cn, const uint
 Session::Session(Socket sock, const Key32& send_key, const Key32& recv_key)
     : sock_(std::move(sock)), send_mac_(send_key.data()), recv_mac_(recv_key.data()) {}
 
-std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int timeout_ms) {
+std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int timeout_ms, const std::string& tenant) {
+  if (tenant.size() > kMaxTenantLen)
+    fail(ErrorKind::Config, "MEMKV_TENANT: a tenant name has at most " + std::to_string(kMaxTenantLen) + " characters");
   Hmac master(key.data());
   ClientHello hello{};
   hello.magic = kHelloMagic;
   hello.min_version = kMinVersion;
   hello.max_version = kVersion;
   random_bytes(hello.nonce, kNonceLen);
+  hello.tenant_len = static_cast<uint8_t>(tenant.size());
+  std::memcpy(hello.tenant, tenant.data(), tenant.size());
   sock.send_all(&hello, sizeof(hello), timeout_ms);
 
   ServerHello sh{};
   sock.recv_exact(&sh, sizeof(sh), timeout_ms);
   const std::string& who = sock.peer();
+  const std::string whose = tenant.empty() ? "auth key" : "key of tenant '" + tenant + "'";
   if (sh.magic != kServerHelloMagic)
     fail(ErrorKind::Protocol, who + " is not a MemKV node (bad handshake magic); check MEMKV_SERVERS");
+  if (sh.status == kAuthFailed)
+    fail(ErrorKind::Auth, "authentication with " + who + " failed: the node has no tenant '" + tenant +
+                              "' (check MEMKV_TENANT; `memkv tenant list --file FILE` shows the node's tenants)");
   if (sh.version < hello.min_version || sh.version > hello.max_version || sh.status == kVersionUnsupported)
     fail(ErrorKind::Protocol, who + " speaks no protocol version in " + std::to_string(kMinVersion) + ".." +
                                   std::to_string(kVersion) + "; upgrade the client or the node");
   if (!master.verify({Span(kServerProofLabel), Span(&hello, sizeof(hello)), Span(&sh, kServerProofCovered)}, sh.proof))
-    fail(ErrorKind::Auth, "authentication with " + who +
-                              " failed: the node holds a different auth key (check MEMKV_AUTH_KEY on both sides)");
+    fail(ErrorKind::Auth, "authentication with " + who + " failed: the node holds a different " + whose +
+                              " (check MEMKV_AUTH_KEY" + (tenant.empty() ? "" : " and MEMKV_TENANT") +
+                              " on both sides)");
 
   ClientAuth auth{};
   auth.magic = kAuthMagic;
@@ -64,7 +73,8 @@ std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int time
   sock.recv_exact(&res, sizeof(res), timeout_ms);
   if (res.magic != kAuthResultMagic) fail(ErrorKind::Protocol, who + " sent a malformed handshake reply");
   if (res.status != kOk)
-    fail(ErrorKind::Auth, "authentication with " + who + " failed: the node rejected our auth key (check MEMKV_AUTH_KEY)");
+    fail(ErrorKind::Auth, "authentication with " + who + " failed: the node rejected our " + whose +
+                              " (check MEMKV_AUTH_KEY)");
 
   Key32 c2s = derive(master, kC2SLabel, hello.nonce, sh.nonce);
   Key32 s2c = derive(master, kS2CLabel, hello.nonce, sh.nonce);
@@ -75,9 +85,9 @@ std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int time
   return s;
 }
 
-std::unique_ptr<Session> Session::server(Socket sock, const Key32& key, const std::array<uint8_t, kNodeIdLen>& node_id,
-                                         uint64_t max_value_bytes, int timeout_ms, std::string* why) {
-  Hmac master(key.data());
+std::unique_ptr<Session> Session::server(Socket sock, const KeyLookup& key_for,
+                                         const std::array<uint8_t, kNodeIdLen>& node_id, uint64_t max_value_bytes,
+                                         int timeout_ms, std::string* why) {
   ClientHello hello{};
   if (!sock.recv_first(&hello, sizeof(hello), timeout_ms, timeout_ms)) {
     *why = "closed before the handshake";
@@ -97,6 +107,16 @@ std::unique_ptr<Session> Session::server(Socket sock, const Key32& key, const st
            std::to_string(hello.max_version) + " only";
     return nullptr;
   }
+  Key32 key{};
+  std::string tenant(hello.tenant, std::min<size_t>(hello.tenant_len, kMaxTenantLen));
+  if (hello.tenant_len > kMaxTenantLen || !key_for(tenant, &key)) {
+    // Nothing to prove with: say so (the client then names MEMKV_TENANT).
+    sh.status = kAuthFailed;
+    sock.send_all(&sh, sizeof(sh), timeout_ms);
+    *why = "authentication failed: unknown tenant '" + tenant + "'";
+    return nullptr;
+  }
+  Hmac master(key.data());
   sh.version = std::min<uint16_t>(hello.max_version, kVersion);
   random_bytes(sh.nonce, kNonceLen);
   std::memcpy(sh.node_id, node_id.data(), kNodeIdLen);
@@ -123,6 +143,7 @@ std::unique_ptr<Session> Session::server(Socket sock, const Key32& key, const st
   Key32 s2c = derive(master, kS2CLabel, hello.nonce, sh.nonce);
   std::unique_ptr<Session> s(new Session(std::move(sock), s2c, c2s));
   s->peer_.version = sh.version;
+  s->peer_.tenant = std::move(tenant);
   return s;
 }
 

@@ -6,7 +6,10 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "../common/hmac.hpp"
@@ -19,18 +22,25 @@ using Key32 = std::array<uint8_t, kKeyLen>;
 
 struct PeerInfo {
   uint16_t version = 0;
+  std::string tenant;  // node side: the tenant the client proved ("" = the cluster key)
   std::array<uint8_t, kNodeIdLen> node_id{};
   uint64_t max_value_bytes = 0;
 };
 
 class Session {
  public:
-  // Client side: runs the handshake on a connected socket. Throws Auth errors
-  // when the node does not prove the same key or rejects ours.
-  static std::unique_ptr<Session> client(Socket sock, const Key32& key, int timeout_ms);
-  // Node side: returns nullptr (after answering) when the peer fails to authenticate.
-  static std::unique_ptr<Session> server(Socket sock, const Key32& key, const std::array<uint8_t, kNodeIdLen>& node_id,
-                                         uint64_t max_value_bytes, int timeout_ms, std::string* why);
+  // Client side: runs the handshake on a connected socket, proving `key` as
+  // `tenant` ("" = the cluster key). Throws Auth errors when the node does
+  // not prove the same key, does not know the tenant, or rejects ours.
+  static std::unique_ptr<Session> client(Socket sock, const Key32& key, int timeout_ms,
+                                         const std::string& tenant = {});
+  // Node side: `key_for(tenant, &key)` gives the key a client naming `tenant`
+  // must prove ("" = the cluster key), false if there is none. Returns
+  // nullptr (after answering) when the peer fails to authenticate.
+  using KeyLookup = std::function<bool(std::string_view tenant, Key32* key)>;
+  static std::unique_ptr<Session> server(Socket sock, const KeyLookup& key_for,
+                                         const std::array<uint8_t, kNodeIdLen>& node_id, uint64_t max_value_bytes,
+                                         int timeout_ms, std::string* why);
 
   Socket& sock() { return sock_; }
   const PeerInfo& peer() const { return peer_; }
