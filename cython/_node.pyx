@@ -53,12 +53,18 @@ cdef extern from "../csrc/node/tenants.hpp" namespace "memkv":
     cppclass TenantSpec:
         string name
         Key32 key
+        string s3_access_key, s3_secret_key
         uint64_t dram_quota, disk_quota
 
     cppclass TenantCounterSnapshot:
         string name
         bint active
         uint64_t ops, bytes_in, bytes_out, hits, misses, over_quota, connections
+
+
+cdef extern from "../csrc/s3/door.hpp" namespace "memkv::s3":
+    cppclass DoorStats:
+        uint64_t requests, errors, bytes_in, bytes_out, connections
 
 
 cdef extern from "../csrc/node/server.hpp" namespace "memkv":
@@ -72,6 +78,7 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
         uint64_t connections, connections_total, auth_failures, protocol_errors, rejected_connections
         uint64_t checksum_failures
         uint64_t rdma_connections, rdma_bytes_in, rdma_bytes_out
+        DoorStats s3
 
     cppclass NodeOptions:
         string host
@@ -82,12 +89,14 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
         int max_connections
         int io_timeout_ms
         vector[string] rdma_devices
+        int s3_port
 
     cppclass Node:
         Node(NodeOptions) except +raise_py_error
         void start() except +raise_py_error nogil
         void stop() except +raise_py_error nogil
         uint16_t port()
+        int s3_port()
         NodeStats stats() nogil
         Store& store() nogil
         void set_tenants(const vector[TenantSpec]&, vector[string]*, vector[string]*) except +raise_py_error nogil
@@ -121,7 +130,7 @@ cdef class NativeNode:
 
     def __cinit__(self, *, str host, int port, bytes auth_key, bytes node_id, str data_dir, uint64_t dram_capacity,
                   uint64_t disk_capacity, str fsync, int fsync_interval_ms, int max_connections,
-                  int io_timeout_ms=60000, int space_wait_ms=30000, list rdma_devices=None):
+                  int io_timeout_ms=60000, int space_wait_ms=30000, list rdma_devices=None, int s3_port=-1):
         cdef NodeOptions o
         if len(auth_key) != 32 or len(node_id) != 16:
             raise ValueError("auth_key must be 32 bytes and node_id 16 bytes")
@@ -139,6 +148,7 @@ cdef class NativeNode:
         o.io_timeout_ms = io_timeout_ms
         for d in rdma_devices or []:
             o.rdma_devices.push_back(d.encode())
+        o.s3_port = s3_port
         self.n.reset(new Node(o))
 
     def start(self):
@@ -153,20 +163,28 @@ cdef class NativeNode:
     def port(self):
         return self.n.get().port()
 
+    @property
+    def s3_port(self):
+        """The S3 door's port, or None without a door."""
+        p = self.n.get().s3_port()
+        return None if p < 0 else p
+
     def set_tenants(self, list specs):
-        """specs: (name, 32-byte key, dram_quota, disk_quota) each. Returns
+        """specs: (name, 32-byte key, dram_quota, disk_quota, s3 access key, s3 secret) each. Returns
         (added, revoked) names: revoked tenants' connections close at their
         next op."""
         cdef vector[TenantSpec] v
         cdef TenantSpec t
         cdef vector[string] added, revoked
-        for name, key, dram_quota, disk_quota in specs:
+        for name, key, dram_quota, disk_quota, s3_access, s3_secret in specs:
             if len(key) != 32:
                 raise ValueError(f"tenant {name}: the key must be 32 bytes")
             t.name = name.encode()
             copy_key(t.key, <const unsigned char*>PyBytes_AS_STRING(key))
             t.dram_quota = dram_quota
             t.disk_quota = disk_quota
+            t.s3_access_key = s3_access.encode()
+            t.s3_secret_key = s3_secret.encode()
             v.push_back(t)
         with nogil:
             self.n.get().set_tenants(v, &added, &revoked)
@@ -235,4 +253,6 @@ cdef class NativeNode:
             "rejected_connections": s.rejected_connections, "checksum_failures": s.checksum_failures,
             "rdma_connections": s.rdma_connections, "rdma_bytes_in": s.rdma_bytes_in,
             "rdma_bytes_out": s.rdma_bytes_out,
+            "s3_requests": s.s3.requests, "s3_errors": s.s3.errors, "s3_bytes_in": s.s3.bytes_in,
+            "s3_bytes_out": s.s3.bytes_out, "s3_connections_total": s.s3.connections,
         }

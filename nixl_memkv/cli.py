@@ -41,6 +41,8 @@ def main() -> None:
                                      "(MEMKV_RDMA_DEVICES; default none: TCP only).")
 @click.option("--tenants", help="Tenants file (MEMKV_TENANTS): each tenant gets its own key, keyspace and quotas; "
                                 "SIGHUP reloads it. Default: the cluster key only.")
+@click.option("--s3-port", type=int, help="Serve the S3 door on this port, for stock S3 clients (NIXL OBJ, "
+                                         "Dynamo, boto3) with a tenant's S3 keys (MEMKV_S3_PORT; default off).")
 @click.option("--auth-key-file", help="File holding the 64-hex auth key (else MEMKV_AUTH_KEY).")
 @click.option("--node-id", help="Stable node id (default: generated once, kept in the data dir).")
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR (MEMKV_LOG_LEVEL).")

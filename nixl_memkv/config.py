@@ -493,6 +493,7 @@ class NodeConfig:
     max_connections: int = 1024
     rdma_devices: tuple[str, ...] = ()  # RDMA devices served to clients that ask; empty: TCP only
     tenants: str | None = None  # tenants file (nixl_memkv.tenants); None: the cluster key only
+    s3_port: int | None = None  # the S3 door (tenants' S3 credentials); None: no door
     auth_key: bytes
     node_id: str | None = None  # None: generated and persisted by the node
     log_level: str = "INFO"
@@ -547,6 +548,7 @@ _NODE_PARSERS: dict[str, _Parser] = {
     "max_connections": _int_parser(1),
     "rdma_devices": _parse_devices,
     "tenants": _parse_path,
+    "s3_port": _int_parser(0, 65535),
     "auth_key": _parse_key,
     "node_id": _parse_node_id,
     "log_level": _choice_parser(LOG_LEVELS, upper=True, aliases={"WARN": "WARNING"}),

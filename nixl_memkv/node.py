@@ -40,7 +40,7 @@ class MemKVNode:
             node_id=hashlib.sha256(self.node_id.encode()).digest()[:16], data_dir=cfg.data_dir,
             dram_capacity=cfg.dram_capacity, disk_capacity=self.disk_capacity, fsync=cfg.fsync,
             fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections,
-            rdma_devices=list(cfg.rdma_devices))
+            rdma_devices=list(cfg.rdma_devices), s3_port=-1 if cfg.s3_port is None else cfg.s3_port)
         self.tenants: dict = {}
         if cfg.tenants:
             self._install_tenants(load_tenants(cfg.tenants))
@@ -115,6 +115,10 @@ class MemKVNode:
                  format_size(self.disk_capacity), self.cfg.fsync)
         if self.cfg.tenants:
             log.info("tenants from %s: %s", self.cfg.tenants, ", ".join(sorted(self.tenants)) or "none yet")
+        if self._native.s3_port is not None:
+            log.info("S3 door on %s:%d (path-style, SigV4 with tenants' S3 keys)", self.cfg.host, self._native.s3_port)
+            if not self.cfg.tenants:
+                log.warning("the S3 door has no tenants to serve: start the node with --tenants FILE")
         return self
 
     def stop(self) -> None:
@@ -166,6 +170,9 @@ class MemKVNode:
             "flush_errors": s["flush_errors"],
             "rdma": {"devices": list(self.cfg.rdma_devices), "connections_total": s["rdma_connections"],
                      "bytes_in": s["rdma_bytes_in"], "bytes_out": s["rdma_bytes_out"]},
+            "s3": {"port": self._native.s3_port, "requests": s["s3_requests"], "errors": s["s3_errors"],
+                   "bytes_in": s["s3_bytes_in"], "bytes_out": s["s3_bytes_out"],
+                   "connections_total": s["s3_connections_total"]},
             # Every tenant this node has served or lists; "active": in the current file.
             "tenants": self._native.tenant_stats() if self.cfg.tenants else {},
         }

@@ -148,9 +148,10 @@ def save_tenants(path: str, tenants: dict[str, Tenant]) -> None:
         raise
 
 
-def native_specs(tenants: dict[str, Tenant]) -> list[tuple[str, bytes, int, int]]:
+def native_specs(tenants: dict[str, Tenant]) -> list[tuple[str, bytes, int, int, str, str]]:
     """What NativeNode.set_tenants takes."""
-    return [(t.name, t.auth_key, t.dram_quota, t.disk_quota) for t in tenants.values()]
+    return [(t.name, t.auth_key, t.dram_quota, t.disk_quota, t.s3_access_key, t.s3_secret_key)
+            for t in tenants.values()]
 
 
 def load_or_empty(path: str) -> dict[str, Tenant]:

@@ -81,6 +81,21 @@ void Node::start() {
   if (rdma_ && store_->arena()) rdma_->add_region_async(store_->arena());
 #endif
   listen_fd_ = listen_tcp(opts_.host, opts_.port, 1024, &bound_port_);
+  if (opts_.s3_port >= 0) {
+    s3::DoorOptions d;
+    d.host = opts_.host;
+    d.port = static_cast<uint16_t>(opts_.s3_port);
+    d.data_dir = opts_.store.data_dir;
+    d.io_timeout_ms = opts_.io_timeout_ms;
+    d.max_connections = opts_.max_connections;
+    door_ = std::make_unique<s3::Door>(d, *store_, tenants_);
+    try {
+      door_->start();
+    } catch (...) {
+      ::close(listen_fd_);
+      throw;
+    }
+  }
   started_ = true;
   acceptor_ = std::thread([this] { accept_loop(); });
 }
@@ -118,6 +133,7 @@ void Node::stop() {
     std::lock_guard<std::mutex> lk(conns_mu_);
     reap_locked(true);
   }
+  if (door_) door_->stop();
   store_->close();
 }
 
@@ -595,6 +611,7 @@ NodeStats Node::stats() {
   s.rdma_connections = rdma_connections_;
   s.rdma_bytes_in = rdma_bytes_in_;
   s.rdma_bytes_out = rdma_bytes_out_;
+  if (door_) s.s3 = door_->stats();
   return s;
 }
 

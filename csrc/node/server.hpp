@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "../s3/door.hpp"
 #include "../transport/mover.hpp"
 #include "../transport/rdma_node.hpp"
 #include "../wire/session.hpp"
@@ -29,6 +30,7 @@ struct NodeOptions {
   int max_connections = 1024;
   int io_timeout_ms = 60000;  // a peer that stalls mid-frame this long is dropped
   std::vector<std::string> rdma_devices;  // served to clients that ask (RDMA_CONNECT); empty: TCP only
+  int s3_port = -1;  // the S3 door's port (0: any free one); -1: no door
 };
 
 constexpr int kOpSlots = 0x31;
@@ -41,6 +43,7 @@ struct NodeStats {
   uint64_t connections = 0, connections_total = 0, auth_failures = 0, protocol_errors = 0, rejected_connections = 0;
   uint64_t checksum_failures = 0;
   uint64_t rdma_connections = 0, rdma_bytes_in = 0, rdma_bytes_out = 0;
+  s3::DoorStats s3;
 };
 
 class Node {
@@ -55,6 +58,7 @@ class Node {
   // value to its shard and syncs. Idempotent.
   void stop();
   uint16_t port() const { return bound_port_; }
+  int s3_port() const { return door_ ? door_->port() : -1; }
   NodeStats stats();
   Store& store() { return *store_; }
   // Installs the tenant table (and each tenant's quotas); callable while
@@ -120,6 +124,7 @@ class Node {
   std::unique_ptr<Store> store_;
   TenantTable tenants_;
   std::unique_ptr<transport::RdmaNode> rdma_;
+  std::unique_ptr<s3::Door> door_;
   int listen_fd_ = -1;
   uint16_t bound_port_ = 0;
   std::thread acceptor_;

@@ -759,6 +759,28 @@ StoreStats Store::stats() {
   return s;
 }
 
+std::vector<Store::Listed> Store::list(const std::string& prefix, const std::string& after, size_t max,
+                                       bool* truncated) {
+  std::vector<Listed> out;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (const auto& kv : index_) {
+      const std::string& k = kv.first;
+      if (k.compare(0, prefix.size(), prefix) != 0 || k <= after) continue;
+      const Entry& e = *kv.second;
+      out.push_back(Listed{k, e.size, e.crc, e.written_ns});
+    }
+  }
+  auto by_key = [](const Listed& a, const Listed& b) { return a.key < b.key; };
+  *truncated = out.size() > max;
+  if (*truncated) {
+    std::nth_element(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(max), out.end(), by_key);
+    out.resize(max);
+  }
+  std::sort(out.begin(), out.end(), by_key);
+  return out;
+}
+
 void Store::set_quota(const std::string& tenant, uint64_t dram_quota, uint64_t disk_quota) {
   std::lock_guard<std::mutex> lk(mu_);
   Account* a = account_locked(std::string(1, kTenantMark) + tenant + "/");

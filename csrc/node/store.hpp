@@ -143,6 +143,16 @@ class Store {
   bool part_abort(const std::string& key, uint64_t upload_id);
 
   StoreStats stats();
+  // Keys that start with `prefix` and sort after `after`, in byte order, at
+  // most `max` of them; *truncated says whether more follow. A scan of the
+  // index (listing is an admin path, not the data path).
+  struct Listed {
+    std::string key;
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    uint64_t written_ns = 0;
+  };
+  std::vector<Listed> list(const std::string& prefix, const std::string& after, size_t max, bool* truncated);
   // Sets a tenant's quotas (0: no limit); lowering one takes effect as its
   // next values arrive.
   void set_quota(const std::string& tenant, uint64_t dram_quota, uint64_t disk_quota);

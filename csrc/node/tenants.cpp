@@ -21,13 +21,16 @@ void TenantTable::replace(const std::vector<TenantSpec>& specs, std::vector<std:
   std::unordered_map<std::string, std::shared_ptr<Tenant>> next;
   for (const TenantSpec& spec : specs) {
     auto old = by_name_.find(spec.name);
-    if (old != by_name_.end() && equal_const_time(old->second->key.data(), spec.key.data(), spec.key.size())) {
+    if (old != by_name_.end() && equal_const_time(old->second->key.data(), spec.key.data(), spec.key.size()) &&
+        old->second->s3_access_key == spec.s3_access_key && old->second->s3_secret_key == spec.s3_secret_key) {
       next[spec.name] = old->second;  // unchanged: its sessions stay
       continue;
     }
     auto t = std::make_shared<Tenant>();
     t->name = spec.name;
     t->key = spec.key;
+    t->s3_access_key = spec.s3_access_key;
+    t->s3_secret_key = spec.s3_secret_key;
     t->prefix = std::string(1, kTenantMark) + spec.name + "/";
     auto& c = counters_[spec.name];
     if (!c) c = std::make_unique<TenantCounters>();
@@ -43,6 +46,15 @@ void TenantTable::replace(const std::vector<TenantSpec>& specs, std::vector<std:
     }
   }
   by_name_ = std::move(next);
+  by_access_key_.clear();
+  for (auto& kv : by_name_)
+    if (!kv.second->s3_access_key.empty()) by_access_key_[kv.second->s3_access_key] = kv.second;
+}
+
+std::shared_ptr<Tenant> TenantTable::find_by_access_key(const std::string& access_key) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = by_access_key_.find(access_key);
+  return it == by_access_key_.end() ? nullptr : it->second;
 }
 
 std::shared_ptr<Tenant> TenantTable::find(std::string_view name) const {

@@ -4,9 +4,10 @@
 // cannot name another tenant's keys at all. Sessions proving the cluster key
 // keep the cluster keyspace, as without tenants.
 //
-// A reload replaces the table. A tenant it removes, or whose key it changes,
-// is revoked: its open sessions are closed at their next op, and their
-// reconnects fail the handshake.
+// A reload replaces the table. A tenant it removes, or whose credentials it
+// changes, is revoked: its open sessions are closed at their next op, and
+// their reconnects fail the handshake. S3 requests are each authenticated
+// against the table as it is when they arrive.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -25,6 +26,7 @@ namespace memkv {
 struct TenantSpec {
   std::string name;
   wire::Key32 key{};
+  std::string s3_access_key, s3_secret_key;  // the S3 door's credentials
   uint64_t dram_quota = 0, disk_quota = 0;  // 0: no limit
 };
 
@@ -42,6 +44,7 @@ struct TenantCounterSnapshot {
 struct Tenant {
   std::string name;
   wire::Key32 key{};
+  std::string s3_access_key, s3_secret_key;
   std::string prefix;  // kTenantMark name '/': prepended to every key the tenant names
   std::atomic<bool> revoked{false};
   TenantCounters* counters = nullptr;
@@ -57,11 +60,13 @@ class TenantTable {
   void replace(const std::vector<TenantSpec>& specs, std::vector<std::string>* added,
                std::vector<std::string>* revoked);
   std::shared_ptr<Tenant> find(std::string_view name) const;
+  std::shared_ptr<Tenant> find_by_access_key(const std::string& access_key) const;
   std::vector<TenantCounterSnapshot> counters() const;
 
  private:
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<Tenant>> by_name_;
+  std::unordered_map<std::string, std::shared_ptr<Tenant>> by_access_key_;
   std::unordered_map<std::string, std::unique_ptr<TenantCounters>> counters_;
 };
 
