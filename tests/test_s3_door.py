@@ -124,9 +124,11 @@ def test_boto3_auth_and_tenant_errors(door):
 
 
 def signed_request(port: int, cred: dict, method: str, path: str, body: bytes = b"", *, when=None,
-                   headers: dict | None = None, send: bytes | None = None) -> tuple[int, bytes]:
+                   headers: dict | None = None, send: bytes | None = None,
+                   added: dict | None = None) -> tuple[int, bytes]:
     """One request signed by botocore's own SigV4 for `body`, sent raw (so
-    tests can skew the clock, or send other bytes than were signed)."""
+    tests can skew the clock, send other bytes than were signed, or add
+    headers after signing)."""
     url = f"http://127.0.0.1:{port}{path}"
     req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
     signer = botocore.auth.S3SigV4Auth(Credentials(cred["s3_access_key"], cred["s3_secret_key"]), "s3", "us-east-1")
@@ -151,7 +153,7 @@ def signed_request(port: int, cred: dict, method: str, path: str, body: bytes = 
         signer.add_auth(req)
     p = req.prepare()
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in p.headers.items())
+        f"{k}: {v}\r\n" for k, v in {**p.headers, **(added or {})}.items())
     if body and "Content-Length" not in p.headers:
         head += f"Content-Length: {len(body)}\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -178,6 +180,10 @@ def test_skewed_clocks_and_payloads_that_lie_are_refused(door):
     status, body = signed_request(port, creds["s3-a"], "PUT", "/checks/crc", b"payload",
                                   headers={"x-amz-checksum-crc32": "AAAAAA=="})
     assert status == 400 and b"BadDigest" in body
+    # A header added on the way (here one that would change what is verified) is refused.
+    status, body = signed_request(port, creds["s3-a"], "PUT", "/checks/ok", b"fine",
+                                  added={"x-amz-checksum-crc32": "AAAAAA=="})
+    assert status == 403 and b"x-amz-checksum-crc32 is not signed" in body
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # unsigned
         s.sendall(b"GET /checks/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert s.recv(65536).startswith(b"HTTP/1.1 403 ")

@@ -219,6 +219,20 @@ def test_disk_quota_holds_on_a_durable_node_and_usage_survives_a_restart(make_no
     assert as_tenant(client_for, node, cred).get("d-11") == newest
 
 
+def test_longest_keys_of_a_tenant_survive_on_its_shards(make_node, client_for, tenants_file):
+    """A tenant's stored key is its prefix plus up to 512 bytes: shard records and the index snapshot hold it."""
+    cred = add_tenant(tenants_file, "t" * 23)  # the longest name, so the longest stored key
+    node = make_node("--tenants", tenants_file, "--dram-capacity", "64MiB", "--disk-capacity", "256MiB")
+    longest = "k" * 512
+    as_tenant(client_for, node, cred).put(longest, b"kept")
+    node.restart()  # clean: from the snapshot
+    assert as_tenant(client_for, node, cred).get(longest) == b"kept"
+    node.kill()  # crash: from a scan of the records
+    node.start()
+    assert as_tenant(client_for, node, cred).get(longest) == b"kept"
+    assert node.status()["corrupt_records"] == 0
+
+
 def test_sighup_adds_and_revokes_tenants(make_node, client_for, tenants_file, tmp_path):
     first = add_tenant(tenants_file, "first")
     node = make_node("--tenants", tenants_file, "--dram-capacity", "64MiB", "--disk-capacity", "0")

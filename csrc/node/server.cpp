@@ -53,12 +53,11 @@ std::string Node::ConnState::scoped(std::string_view key) const {
 
 void Node::set_tenants(const std::vector<TenantSpec>& specs, std::vector<std::string>* added,
                        std::vector<std::string>* revoked) {
-  for (const TenantSpec& t : specs) {
+  for (const TenantSpec& t : specs)  // all checked before any is applied
     if (!tenant_name_ok(t.name))
       fail(ErrorKind::Config, "tenant name '" + t.name + "': use 1-" + std::to_string(kMaxTenantLen) +
                                   " of A-Z a-z 0-9 . _ -");
-    store_->set_quota(t.name, t.dram_quota, t.disk_quota);
-  }
+  for (const TenantSpec& t : specs) store_->set_quota(t.name, t.dram_quota, t.disk_quota);
   tenants_.replace(specs, added, revoked);
 }
 

@@ -28,7 +28,7 @@ constexpr char kMagic[8] = {'M', 'K', 'V', 'R', 'E', 'C', '0', '1'};
 constexpr uint32_t kFormat = 1;
 constexpr size_t kKeyOffset = 40;
 constexpr size_t kHeaderCrcOffset = kPage - 4;
-static_assert(kKeyOffset + wire::kMaxKeyLen <= kHeaderCrcOffset);
+static_assert(kKeyOffset + wire::kMaxStoredKeyLen <= kHeaderCrcOffset);
 
 struct AlignedBuf {
   uint8_t* p = nullptr;
@@ -73,7 +73,7 @@ bool decode_header(const uint8_t* h, RecordInfo* r) {
   std::memcpy(&format, h + 8, 4);
   std::memcpy(&key_len, h + 12, 4);
   std::memcpy(&hcrc, h + kHeaderCrcOffset, 4);
-  if (format != kFormat || key_len == 0 || key_len > wire::kMaxKeyLen) return false;
+  if (format != kFormat || key_len == 0 || key_len > wire::kMaxStoredKeyLen) return false;
   if (crc32c(0, h, kHeaderCrcOffset) != hcrc) return false;
   std::memcpy(&r->size, h + 16, 8);
   std::memcpy(&r->crc, h + 24, 4);
@@ -372,7 +372,7 @@ bool ShardFiles::load_index(std::vector<RecordInfo>* records) {
       rec.crc = r.u32();
       rec.written_ns = r.u64();
       rec.file_bytes = file_bytes(rec.size);
-      if (rec.key.empty() || rec.key.size() > wire::kMaxKeyLen) return false;
+      if (rec.key.empty() || rec.key.size() > wire::kMaxStoredKeyLen) return false;
       records->push_back(std::move(rec));
     }
     r.expect_end();

@@ -70,8 +70,8 @@ Store::~Store() {
 uint64_t Store::charge(uint64_t size, size_t key_len) { return Value::alloc_size(size) + key_len + kEntryOverhead; }
 
 uint64_t Store::max_value_bytes() const {
-  uint64_t m = cfg_.dram_capacity > kEntryOverhead + wire::kMaxKeyLen + kPage
-                   ? cfg_.dram_capacity - kEntryOverhead - wire::kMaxKeyLen - kPage
+  uint64_t m = cfg_.dram_capacity > kEntryOverhead + wire::kMaxStoredKeyLen + kPage
+                   ? cfg_.dram_capacity - kEntryOverhead - wire::kMaxStoredKeyLen - kPage
                    : 0;
   // A durable node only acknowledges what its shards can hold.
   // A record takes a header page plus the value padded to whole pages.
@@ -405,7 +405,9 @@ ValuePtr Store::get(const std::string& key, uint32_t* crc) {
     // Promote into DRAM if it fits after evicting colder clean values.
     Entry* e = it->second.get();
     uint64_t need = charge(v->size, key.size());
-    while (!dram_fits_locked(e->account, need) && make_room_locked(e->account, need)) {
+    // (A value over its tenant's quota, lowered since it was written, is served from its shard.)
+    bool could_fit = !(e->account && e->account->dram_quota && need > e->account->dram_quota);
+    while (could_fit && !dram_fits_locked(e->account, need) && make_room_locked(e->account, need)) {
     }
     auto again = index_.find(key);  // eviction may not touch e (not in the LRU), but be explicit
     if (again != index_.end() && again->second.get() == e && dram_fits_locked(e->account, need)) {

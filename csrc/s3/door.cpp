@@ -91,7 +91,8 @@ std::string query_param(const std::string& query, const std::string& name, bool*
     size_t eq = part.find('=');
     if (uri_decode(part.substr(0, eq)) == name) {
       if (present) *present = true;
-      return eq == std::string::npos ? "" : uri_decode(part.substr(eq + 1), true);
+      // Decoded as SigV4 canonicalises it ('+' is a plus), so what is signed is what is used.
+      return eq == std::string::npos ? "" : uri_decode(part.substr(eq + 1));
     }
     i = amp + 1;
   }
@@ -210,6 +211,10 @@ void Door::accept_loop() {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // A client that stops reading a response must not hold its thread (and
+    // the value it pins) for ever: sends give up after the io timeout.
+    struct timeval tv {opts_.io_timeout_ms / 1000, (opts_.io_timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     std::lock_guard<std::mutex> lk(conns_mu_);
     for (auto it = conns_.begin(); it != conns_.end();) {
       if ((*it)->done) {
@@ -241,7 +246,8 @@ void Door::serve(std::shared_ptr<Conn> conn, int fd) {
   HttpConn http(fd, opts_.io_timeout_ms);
   try {
     Request r;
-    while (!stopping_ && http.read_request(&r, -1)) {
+    // Idle keep-alive connections are closed after the io timeout (clients reconnect).
+    while (!stopping_ && http.read_request(&r, opts_.io_timeout_ms)) {
       if (!handle(http, r)) break;
     }
   } catch (const HttpError& e) {
@@ -336,13 +342,10 @@ void Door::bucket_op(HttpConn& http, Request& r, const Tenant& t, const std::str
     if (!bucket_name_ok(bucket))
       throw S3Error(400, "InvalidBucketName", "bucket names are 3-63 characters of a-z 0-9 . - (no leading or "
                                               "trailing . or -)");
-    if (!owner.empty() && owner != t.name)
-      throw S3Error(409, "BucketAlreadyExists", "The requested bucket name is not available.");
-    if (owner.empty()) {
-      std::lock_guard<std::mutex> lk(buckets_mu_);
-      buckets_[bucket] = t.name;
-      save_buckets_locked();
-    }
+    std::lock_guard<std::mutex> lk(buckets_mu_);
+    auto [it, added] = buckets_.try_emplace(bucket, t.name);
+    if (it->second != t.name) throw S3Error(409, "BucketAlreadyExists", "The requested bucket name is not available.");
+    if (added) save_buckets_locked();
     out.headers.emplace_back("Location", "/" + bucket);
     return;
   }
@@ -362,8 +365,11 @@ void Door::bucket_op(HttpConn& http, Request& r, const Tenant& t, const std::str
     if (!store_.list(t.prefix + bucket + "/", "", 1, &more).empty())
       throw S3Error(409, "BucketNotEmpty", "The bucket you tried to delete is not empty");
     std::lock_guard<std::mutex> lk(buckets_mu_);
-    buckets_.erase(bucket);
-    save_buckets_locked();
+    auto it = buckets_.find(bucket);
+    if (it != buckets_.end() && it->second == t.name) {  // not re-created by another tenant meanwhile
+      buckets_.erase(it);
+      save_buckets_locked();
+    }
     out.status = 204;
     return;
   }

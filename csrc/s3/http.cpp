@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 
@@ -18,6 +19,11 @@ constexpr size_t kMaxHeadBytes = 64 * 1024;
 std::string lower(std::string s) {
   for (char& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
   return s;
+}
+
+int64_t mono_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 std::string trim(std::string_view s) {
@@ -59,7 +65,14 @@ bool Request::has(std::string_view name) const {
   return std::any_of(headers.begin(), headers.end(), [&](const auto& h) { return h.first == name; });
 }
 
+int HttpConn::wait_budget(int wait_ms) const {
+  if (!head_deadline_set_) return wait_ms;
+  int64_t left = std::max<int64_t>(0, head_deadline_ms_ - mono_ms());
+  return wait_ms < 0 ? static_cast<int>(left) : static_cast<int>(std::min<int64_t>(wait_ms, left));
+}
+
 bool HttpConn::fill(int wait_ms) {
+  wait_ms = wait_budget(wait_ms);
   if (pos_ == end_) pos_ = end_ = 0;
   if (end_ == buf_.size()) {  // compact what is unread to the front
     std::memmove(buf_.data(), buf_.data() + pos_, end_ - pos_);
@@ -105,6 +118,12 @@ bool HttpConn::read_request(Request* r, int idle_ms) {
   *r = Request{};
   if (mode_ != Body::None) throw HttpError(500, "previous body not consumed");
   if (pos_ == end_ && !fill(idle_ms < 0 ? -1 : idle_ms)) return false;
+  head_deadline_set_ = true;
+  head_deadline_ms_ = mono_ms() + timeout_ms_;
+  struct Clear {
+    bool& flag;
+    ~Clear() { flag = false; }
+  } clear{head_deadline_set_};
   std::string line = read_line(kMaxLine);
   while (line.empty()) line = read_line(kMaxLine);  // stray CRLF between requests (RFC 9112 §2.2)
   size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
@@ -171,7 +190,10 @@ size_t HttpConn::read_body(uint8_t* p, size_t n) {
     uint64_t size = 0;
     if (!parse_u64(trim(hex), 16, &size)) throw HttpError(400, "malformed chunk size");
     if (size == 0) {
-      while (!read_line(kMaxLine).empty()) {  // HTTP trailers: none that matter here
+      size_t trailer_bytes = 0;
+      for (std::string t = read_line(kMaxLine); !t.empty(); t = read_line(kMaxLine)) {  // HTTP trailers: ignored
+        trailer_bytes += t.size();
+        if (trailer_bytes > kMaxHeadBytes) throw HttpError(431, "HTTP trailers too large");
       }
       mode_ = Body::None;
       return 0;

@@ -63,6 +63,7 @@ class HttpConn {
  private:
   enum class Body { None, Length, Chunked };
   bool fill(int wait_ms);  // more bytes into buf_; false on EOF
+  int wait_budget(int wait_ms) const;  // wait_ms, cut to what is left of the head's deadline
   std::string read_line(size_t limit);
   void send_all(const struct iovec* iov, int n);
 
@@ -73,6 +74,9 @@ class HttpConn {
   Body mode_ = Body::None;
   uint64_t left_ = 0;  // Length: body bytes left; Chunked: bytes left in this chunk
   bool declared_body_ = false;
+  // A request head must arrive whole within one io timeout (no trickling).
+  bool head_deadline_set_ = false;
+  int64_t head_deadline_ms_ = 0;
 };
 
 const char* reason_phrase(int status);

@@ -212,6 +212,17 @@ AuthResult verify_sigv4(const Request& r, const SecretLookup& secret_for, int64_
     canonical_headers += name + ":" + collapse(r.header(name)) + "\n";
   }
   if (!host_signed) return refuse(403, "AccessDenied", "the Host header must be signed");
+  // As S3 requires: every x-amz-* header sent is signed, so none can be added on the way.
+  for (const auto& [name, value] : r.headers) {
+    if (name.rfind("x-amz-", 0) != 0) continue;
+    bool listed = false;
+    for (size_t i = 0, j; i <= signed_headers.size() && !listed; i = j + 1) {
+      j = signed_headers.find(';', i);
+      if (j == std::string::npos) j = signed_headers.size();
+      listed = signed_headers.compare(i, j - i, name) == 0;
+    }
+    if (!listed) return refuse(403, "AccessDenied", "the header " + name + " is not signed: sign every x-amz-* header");
+  }
   std::string canonical_request = r.method + "\n" + r.path + "\n" + canonical_query(r.query) + "\n" +
                                   canonical_headers + "\n" + signed_headers + "\n" + out.payload_hash;
   std::string scope_str = scope[1] + "/" + scope[2] + "/s3/aws4_request";

@@ -30,6 +30,8 @@ constexpr uint32_t kAuthResultMagic = 0x52564B4D;   // "MKVR"  node -> client
 constexpr uint32_t kFrameMagic = 0x46564B4D;        // "MKVF"
 constexpr size_t kNonceLen = 32;
 constexpr size_t kMaxTenantLen = 23;
+// A key as the node stores it: a tenant's keys carry 0x00 name '/' in front (§2).
+constexpr size_t kMaxStoredKeyLen = 1 + kMaxTenantLen + 1 + kMaxKeyLen;
 constexpr size_t kNodeIdLen = 16;
 
 #pragma pack(push, 1)
