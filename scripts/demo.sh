@@ -4,9 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/build-deps.sh
 . scripts/lib/build-deps.sh
-ensure_build_debs
-# The CPU build of torch first: NIXL depends on torch, and a bare requirement
-# would pull a multi-GB CUDA build.
-pip_install "torch==2.13.0"
-pip_install ".[nixl]"
+install_memkv nixl  # NIXL depends on torch: the CPU build goes first
 cd /tmp && exec python3 -m nixl_memkv demo "$@"

@@ -8,12 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/build-deps.sh
 # shellcheck source=scripts/lib/vllm-cpu.sh
 . scripts/lib/vllm-cpu.sh
-ensure_build_debs
-
-# The CPU build of torch first: a bare `torch` requirement would pull a
-# multi-GB CUDA build (torch tensors are one of the buffer types we test).
-pip_install "torch==2.13.0"
-pip_install ".[test]"
+install_memkv test
 # sglang's metadata pins a CUDA torch and flashinfer: install it without
 # them, then what its HiCache controller and host pools import.
 pip_install --no-deps "sglang==0.5.23"

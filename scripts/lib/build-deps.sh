@@ -24,3 +24,12 @@ ensure_build_debs() {
 pip_install() {
   python3 -m pip install --quiet --disable-pip-version-check -c scripts/requirements/constraints.txt "$@"
 }
+
+# The build packages, the CPU build of torch, then MemKV with the extras
+# named ("test", "nixl", ...). Torch goes first: a bare `torch` requirement
+# would pull a multi-GB CUDA build.
+install_memkv() {
+  ensure_build_debs
+  pip_install "torch==2.13.0"
+  pip_install ".[$1]"
+}
