@@ -77,7 +77,7 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
         uint64_t bytes_in, bytes_out, hits, misses
         uint64_t connections, connections_total, auth_failures, protocol_errors, rejected_connections
         uint64_t checksum_failures
-        uint64_t rdma_connections, rdma_bytes_in, rdma_bytes_out
+        uint64_t rdma_connections, rdma_bytes_in, rdma_bytes_out, rdma_node_checksummed
         DoorStats s3
 
     cppclass NodeOptions:
@@ -253,6 +253,7 @@ cdef class NativeNode:
             "rejected_connections": s.rejected_connections, "checksum_failures": s.checksum_failures,
             "rdma_connections": s.rdma_connections, "rdma_bytes_in": s.rdma_bytes_in,
             "rdma_bytes_out": s.rdma_bytes_out,
+            "rdma_node_checksummed": s.rdma_node_checksummed,
             "s3_requests": s.s3.requests, "s3_errors": s.s3.errors, "s3_bytes_in": s.s3.bytes_in,
             "s3_bytes_out": s.s3.bytes_out, "s3_connections_total": s.s3.connections,
         }

@@ -18,6 +18,7 @@ cdef extern from "../csrc/nixl/settings.hpp" namespace "memkv::nixl":
     void settings_set(PluginSettings*, int, int, int, const string&, int, int, int)
     void settings_set_transport(PluginSettings*, const string&, const string&)
     void settings_set_tenant(PluginSettings*, const string&)
+    void settings_set_gpudirect(PluginSettings*, bint)
 
 
 cdef public int memkv_nixl_configure(const unordered_map[string, string]* params, PluginSettings* out,
@@ -38,6 +39,7 @@ cdef public int memkv_nixl_configure(const unordered_map[string, string]* params
                      s["namespace"].encode(), s["workers"], s["staging_size_mb"], s["staging_slot_mb"])
         settings_set_transport(out, s["transport"].encode(), s["rdma_devices"].encode())
         settings_set_tenant(out, s["tenant"].encode())
+        settings_set_gpudirect(out, s["gpudirect"])
         return 0
     except BaseException as e:
         error[0] = str(e).encode(errors="replace")

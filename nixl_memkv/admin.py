@@ -62,6 +62,9 @@ class _NodeCollector:
         rdma.add_metric(["in"], s["rdma"]["bytes_in"])
         rdma.add_metric(["out"], s["rdma"]["bytes_out"])
         yield rdma
+        yield c("memkv_rdma_node_checksummed_values",
+                "GPUDirect puts from GPU memory, checksummed by the node as they landed",
+                value=s["rdma"]["node_checksummed_values"])
         yield from _tenant_metrics(s.get("tenants") or {})
 
 

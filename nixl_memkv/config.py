@@ -66,6 +66,7 @@ __all__ = [
 
 DEFAULT_PORT = 9900
 TRANSPORTS = ("auto", "rdma", "tcp")
+GPUDIRECT_MODES = ("auto", "off")
 FSYNC_MODES = ("always", "interval", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -423,6 +424,7 @@ class ClientConfig:
     staging_size_mb: int = 256
     staging_slot_mb: int = 16  # 1 <= slot <= staging_size_mb
     registration_cache_mb: int = 1024  # RDMA: reused Python buffers registered on second use; 0 = off
+    gpudirect: str = "auto"  # NIXL VRAM_SEG over RDMA: auto (GPUDirect when it registers) | off (always staged)
     num_connections: int = 4  # per server, 1..256
     connect_timeout_ms: int = 5000
     op_timeout_ms: int = 30000
@@ -529,6 +531,7 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "staging_size_mb": _int_parser(1),
     "staging_slot_mb": _int_parser(1),
     "registration_cache_mb": _int_parser(0),
+    "gpudirect": _choice_parser(GPUDIRECT_MODES),
     "num_connections": _int_parser(1, 256),
     "connect_timeout_ms": _int_parser(1),
     "op_timeout_ms": _int_parser(1),

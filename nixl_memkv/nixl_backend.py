@@ -42,5 +42,5 @@ def configure_backend(params: dict[str, str]) -> dict:
     return {"servers": servers, "auth_key": cfg.auth_key, "num_connections": cfg.num_connections,
             "connect_timeout_ms": cfg.connect_timeout_ms, "op_timeout_ms": cfg.op_timeout_ms,
             "namespace": cfg.namespace, "tenant": cfg.tenant, "workers": workers, "staging_size_mb": cfg.staging_size_mb,
-            "staging_slot_mb": cfg.staging_slot_mb,
+            "staging_slot_mb": cfg.staging_slot_mb, "gpudirect": cfg.gpudirect == "auto",
             "transport": native_transport_mode(cfg, started.transport), "rdma_devices": ",".join(rails)}

@@ -236,6 +236,7 @@ def test_exact_message_for_bad_integer():
     ("MEMKV_CONNECT_TIMEOUT_MS", "0", "a positive integer"),
     ("MEMKV_OP_TIMEOUT_MS", "soon", "a positive integer"),
     ("MEMKV_TRANSPORT", "infiniband", "one of auto, rdma, tcp"),
+    ("MEMKV_GPUDIRECT", "on", "one of auto, off"),
     ("MEMKV_RDMA_DEVICES", "mlx5_0,mlx 5", "RDMA device names"),
 ])
 def test_bad_env_values(var, value, form):

@@ -77,6 +77,39 @@ bool Client::unregister_memory(void* p) {
   return false;
 }
 
+std::string Client::register_device_memory(void* p, uint64_t n) {
+#if MEMKV_WITH_VERBS
+  if (transport::RdmaClient* r = transport_->rdma()) return r->register_device_memory(p, n);
+#endif
+  (void)p, (void)n;
+  return {};
+}
+
+bool Client::is_device_registered(const void* p, uint64_t n) const {
+#if MEMKV_WITH_VERBS
+  if (transport::RdmaClient* r = transport_->rdma()) {
+    auto e = r->find(p, n);
+    return e && e->device;
+  }
+#endif
+  (void)p, (void)n;
+  return false;
+}
+
+bool Client::gpudirect_ok(const transport::Connection& c, const Frame& f, const std::vector<SegmentList>& segs,
+                          bool read) const {
+  if (!c.mover->carries_device_memory()) return false;
+  for (uint32_t i : f.items) {
+    uint64_t pos = segs[i].empty() ? 0 : segs[i].front().offset;
+    for (const Segment& g : segs[i]) {
+      if (g.len && !is_device_registered(g.ptr, g.len)) return false;
+      if (read && g.offset != pos) return false;
+      pos = g.offset + g.len;
+    }
+  }
+  return true;
+}
+
 bool Client::is_registered(const void* p, uint64_t n) const {
 #if MEMKV_WITH_VERBS
   if (transport::RdmaClient* r = transport_->rdma()) return r->find(p, n) != nullptr;
@@ -443,7 +476,7 @@ void Client::batch_put(const std::vector<std::string_view>& keys, const std::vec
 }
 
 void Client::batch_put_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
-                                std::vector<int>* status, std::vector<std::string>* errors) {
+                                std::vector<int>* status, std::vector<std::string>* errors, Memory memory) {
   status->assign(keys.size(), kOk);
   std::vector<uint64_t> totals(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -454,6 +487,10 @@ void Client::batch_put_segments(const std::vector<std::string_view>& keys, const
   execute(
       frames,
       [&](transport::Connection& c, const Frame& f) {
+        if (memory == Memory::Gpu && !gpudirect_ok(c, f, segs, false)) {
+          for (uint32_t i : f.items) (*status)[i] = kStatusNeedsHost;
+          return;
+        }
         Session& s = *c.session;
         ByteWriter m;
         m.u32(static_cast<uint32_t>(f.items.size()));
@@ -489,7 +526,7 @@ void Client::batch_get_into(const std::vector<std::string_view>& keys, const std
 }
 
 void Client::batch_get_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
-                                std::vector<int64_t>* result, std::vector<std::string>* errors) {
+                                std::vector<int64_t>* result, std::vector<std::string>* errors, Memory memory) {
   result->assign(keys.size(), kItemMissing);
   // Each key asks only for the span its segments cover: [lo, hi).
   std::vector<uint64_t> lo(keys.size(), 0), hi(keys.size(), 0), wanted(keys.size(), 0);
@@ -509,6 +546,10 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
   execute(
       plan(keys, &wanted),
       [&](transport::Connection& c, const Frame& f) {
+        if (memory == Memory::Gpu && !gpudirect_ok(c, f, segs, true)) {
+          for (uint32_t i : f.items) (*result)[i] = kItemNeedsHost;
+          return;
+        }
         Session& s = *c.session;
         std::vector<transport::ReadTarget> targets;
         targets.reserve(f.items.size());
@@ -549,7 +590,8 @@ void Client::batch_get_segments(const std::vector<std::string_view>& keys, const
           }
           if (it.len > hi[i] - lo[i]) fail(ErrorKind::Protocol, "batch_get reply is longer than the range asked for");
           uint32_t crc = pending->land(s, k, it.size, it.len, opts_.op_timeout_ms);
-          (*result)[i] = crc == it.crc ? static_cast<int64_t>(it.size) : kItemChecksum;
+          bool intact = !pending->verifies(k) || crc == it.crc;  // GPU memory: the link CRC covered it
+          (*result)[i] = intact ? static_cast<int64_t>(it.size) : kItemChecksum;
         }
       },
       mark_all(result, kItemUnavailable), errors);

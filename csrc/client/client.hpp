@@ -34,8 +34,16 @@ constexpr int64_t kItemChecksum = -2;     // bytes failed verification: never re
 constexpr int64_t kItemTooSmall = -3;     // the caller's buffer is smaller than the value
 constexpr int64_t kItemUnavailable = -4;  // the node could not be reached in time
 constexpr int64_t kItemError = -5;        // the node answered with an error status
-// Per-item status of batch writes/deletes: wire::Status, or this.
+constexpr int64_t kItemNeedsHost = -6;    // GPU memory that cannot go GPUDirect to its node: stage it
+// Per-item status of batch writes/deletes: wire::Status, or these.
 constexpr int kStatusUnavailable = 1000;
+constexpr int kStatusNeedsHost = 1001;  // as kItemNeedsHost; nothing was sent for it
+
+// Where a segment batch's caller memory lies. Gpu: every segment must lie in
+// a register_device_memory registration and travel GPUDirect; items whose
+// node connection cannot (TCP, or the memory is not registered) are not sent
+// and come back as kStatusNeedsHost / kItemNeedsHost for the caller to stage.
+enum class Memory { Host, Gpu };
 
 struct ObjectStat {
   uint64_t size = 0;
@@ -83,11 +91,11 @@ class Client {
   // go straight from/to the segments, with no staging copy. Segment lists
   // must be sorted by offset; writes must tile [0, total) (see check_tiling).
   void batch_put_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
-                          std::vector<int>* status, std::vector<std::string>* errors);
+                          std::vector<int>* status, std::vector<std::string>* errors, Memory memory = Memory::Host);
   // Only the span the segments cover is requested. result: the object's
   // size (which may be smaller than the span), or a negative kItem* code.
   void batch_get_segments(const std::vector<std::string_view>& keys, const std::vector<SegmentList>& segs,
-                          std::vector<int64_t>* result, std::vector<std::string>* errors);
+                          std::vector<int64_t>* result, std::vector<std::string>* errors, Memory memory = Memory::Host);
   // Empty when the sorted segments tile [0, total) exactly; else why not.
   static std::string check_tiling(const SegmentList& segs, uint64_t* total);
   void batch_remove(const std::vector<std::string_view>& keys, std::vector<int>* status,
@@ -98,8 +106,14 @@ class Client {
   // unregister_memory(p). Returns false when there is no RDMA to register with.
   bool register_memory(void* p, uint64_t n);
   bool unregister_memory(void* p);
+  // Registers GPU memory for GPUDirect RDMA (the caller made its GPU
+  // current). Returns how ("dmabuf", "peer-memory"), or "" without RDMA;
+  // throws when the memory cannot be registered. unregister_memory undoes it.
+  std::string register_device_memory(void* p, uint64_t n);
   // Whether [p, p + n) lies inside a registration (false over TCP).
   bool is_registered(const void* p, uint64_t n) const;
+  // Whether it lies inside a GPU memory registration.
+  bool is_device_registered(const void* p, uint64_t n) const;
   // "rdma" when this client has RDMA rails, else "tcp"; the device server i uses.
   std::string transport_name() const;
   std::string rail_device(size_t server) const { return transport_->rail_device(server); }
@@ -135,6 +149,10 @@ class Client {
     };
   }
   void recv_response(wire::Session& s, uint8_t op, wire::FrameHeader* h, std::vector<uint8_t>* meta);
+  // Memory::Gpu: whether a frame's items can go GPUDirect on connection c.
+  // Reads also need gap-free segments (the node writes one contiguous range).
+  bool gpudirect_ok(const transport::Connection& c, const Frame& f, const std::vector<SegmentList>& segs,
+                    bool read) const;
 
   ClientOptions opts_;
   Router router_;

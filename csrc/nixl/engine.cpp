@@ -2,6 +2,7 @@
 
 #include "../common/error.hpp"
 #include "../common/log.hpp"
+#include "../transport/device_memory.hpp"
 #include "../wire/protocol.hpp"
 #include "cuda_staging.hpp"
 #include "python_runtime.hpp"
@@ -25,7 +26,7 @@ Params MemKVEngine::default_params() {
   return {{"servers", ""},           {"auth_key", ""},         {"transport", ""},       {"rdma_devices", ""},
           {"license", ""},           {"license_pubkey", ""},   {"num_connections", ""}, {"staging_size_mb", ""},
           {"staging_slot_mb", ""},   {"connect_timeout_ms", ""}, {"op_timeout_ms", ""}, {"namespace", ""},
-          {"tenant", ""},            {"workers", ""}};
+          {"tenant", ""},            {"gpudirect", ""},       {"workers", ""}};
 }
 
 MemKVEngine::MemKVEngine(const InitParams* params) : EngineBase(params) {
@@ -41,6 +42,7 @@ MemKVEngine::MemKVEngine(const InitParams* params) : EngineBase(params) {
     executor_ = std::make_unique<Executor>(client_.get(), settings.workers, settings.staging_bytes,
                                            settings.staging_slot_bytes);
     key_prefix_ = settings.key_prefix;
+    gpudirect_ = settings.gpudirect;
   } catch (const std::exception& e) {
     log(LogLevel::Error, std::string("MEMKV backend creation failed: ") + e.what());
     init_err_ = true;
@@ -62,18 +64,7 @@ std::string MemKVEngine::object_key(const BlobDesc& d) const {
 Status MemKVEngine::registerMem(const BlobDesc& mem, const MemType& type, BackendMD*& out) {
   if (type == kDram || (type == kVram && CudaRuntime::get())) {
     auto* md = new LocalMD();
-    if (type == kDram && mem.len) {
-      // The seeds' pre-registered descriptor pools: register once here, not
-      // per transfer. Without RDMA this is a no-op; if registration fails
-      // (locked-memory limit) transfers still work through staging.
-      try {
-        if (client_->register_memory(reinterpret_cast<void*>(mem.addr), mem.len))
-          md->rdma_registered = reinterpret_cast<void*>(mem.addr);
-      } catch (const std::exception& e) {
-        log(LogLevel::Warning, std::string("MEMKV: DRAM registration stays unregistered for RDMA (staged instead): ") +
-                                   e.what());
-      }
-    }
+    if (mem.len) register_with_rails(mem, type, md);
     out = md;
     return kSuccess;
   }
@@ -90,6 +81,35 @@ Status MemKVEngine::registerMem(const BlobDesc& mem, const MemType& type, Backen
   }
   out = new ObjectMD(std::move(key), mem.dev_id, mem.len);
   return kSuccess;
+}
+
+// The seeds' pre-registered descriptor pools: memory is registered once
+// here, not per transfer. If registration fails (locked-memory limit, no
+// GPUDirect support) transfers still work, through staging.
+void MemKVEngine::register_with_rails(const BlobDesc& mem, const MemType& type, LocalMD* md) {
+  void* p = reinterpret_cast<void*>(mem.addr);
+  const bool gpu = type == kVram || (gpudirect_ && rdma::gpudirect_stand_in());
+  if (gpu && !gpudirect_) return;  // MEMKV_GPUDIRECT=off: VRAM is always staged
+  try {
+    if (!gpu) {
+      if (client_->register_memory(p, mem.len)) md->rdma_registered = p;
+      return;
+    }
+    std::string why;
+    if (type == kVram && !CudaRuntime::get()->set_device(static_cast<int>(mem.dev_id), &why))
+      fail(ErrorKind::Config, why);
+    std::string how = client_->register_device_memory(p, mem.len);
+    if (how.empty()) return;  // TCP: nothing to register with
+    md->rdma_registered = p;
+    if (!gpudirect_logged_) {
+      gpudirect_logged_ = true;
+      log(LogLevel::Info, "MEMKV: GPU memory registered for GPUDirect RDMA (" + how + ", GPU " +
+                              std::to_string(mem.dev_id) + "); VRAM transfers skip host staging");
+    }
+  } catch (const std::exception& e) {
+    log(LogLevel::Warning, std::string("MEMKV: ") + (gpu ? "VRAM" : "DRAM") +
+                               " registration stays unregistered for RDMA (staged instead): " + e.what());
+  }
 }
 
 Status MemKVEngine::deregisterMem(BackendMD* meta) {

@@ -45,10 +45,14 @@ class MemKVEngine : public EngineBase {
 
  private:
   std::string object_key(const BlobDesc& d) const;
+  // DRAM_SEG and VRAM_SEG memory registered with the RDMA rails (a no-op over TCP).
+  void register_with_rails(const BlobDesc& mem, const MemType& type, LocalMD* md);
 
   std::unique_ptr<Client> client_;
   std::unique_ptr<Executor> executor_;
   std::string key_prefix_;
+  bool gpudirect_ = true;
+  bool gpudirect_logged_ = false;
 };
 
 }  // namespace memkv::nixl

@@ -14,6 +14,7 @@ struct PluginSettings {
   int workers = 4;         // threads running posted transfers
   uint64_t staging_bytes = 256ull << 20;  // pinned host memory for VRAM_SEG transfers
   uint64_t staging_slot_bytes = 16ull << 20;
+  bool gpudirect = true;  // MEMKV_GPUDIRECT=auto: VRAM_SEG registered with the rails when it can be
 };
 
 inline void settings_add_server(PluginSettings* s, const std::string& name, const std::string& host, int port) {
@@ -23,6 +24,7 @@ inline void settings_set_key(PluginSettings* s, const unsigned char* key) {
   std::memcpy(s->client.auth_key.data(), key, s->client.auth_key.size());
 }
 inline void settings_set_tenant(PluginSettings* s, const std::string& tenant) { s->client.tenant = tenant; }
+inline void settings_set_gpudirect(PluginSettings* s, bool on) { s->gpudirect = on; }
 inline void settings_set(PluginSettings* s, int num_connections, int connect_timeout_ms, int op_timeout_ms,
                          const std::string& key_prefix, int workers, int staging_size_mb, int staging_slot_mb) {
   s->staging_bytes = static_cast<uint64_t>(staging_size_mb) << 20;

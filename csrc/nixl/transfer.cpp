@@ -5,6 +5,7 @@
 
 #include "../common/error.hpp"
 #include "../common/log.hpp"
+#include "../transport/device_memory.hpp"
 #include "cuda_staging.hpp"
 
 namespace memkv::nixl {
@@ -31,6 +32,7 @@ Status Transfer::plan(const XferOp& op, const MetaDescList& local, const MetaDes
         return kErrInvalidParam;
       }
   out->device = local.type == kVram || out->host_staged;
+  out->gpudirect = local.type == kVram || (local.type == kDram && rdma::gpudirect_stand_in());
   if (local.size() != remote.size()) {
     *why = "local and remote descriptor lists differ in length";
     return kErrInvalidParam;
@@ -167,16 +169,19 @@ std::string first_few(const std::vector<std::string>& v) {
 }  // namespace
 
 Status Executor::move(XferOp op, const std::vector<std::string>& key_list, const std::vector<SegmentList>& segments,
-                      const std::vector<uint64_t>& needed) {
+                      const std::vector<uint64_t>& needed, Memory memory, std::vector<size_t>* needs_host) {
   std::vector<std::string> errors;
   std::vector<std::string_view> keys(key_list.begin(), key_list.end());
   Status result = kSuccess;
   if (op == kWrite) {
     std::vector<int> st;
-    client_->batch_put_segments(keys, segments, &st, &errors);
+    client_->batch_put_segments(keys, segments, &st, &errors, memory);
     std::vector<std::string> failed;
     for (size_t i = 0; i < st.size(); ++i)
-      if (st[i] != 0) failed.push_back(key_list[i]);
+      if (st[i] == kStatusNeedsHost && needs_host)
+        needs_host->push_back(i);
+      else if (st[i] != 0)
+        failed.push_back(key_list[i]);
     if (!failed.empty()) {
       result = kErrBackend;
       log(LogLevel::Error, "MEMKV WRITE failed for " + std::to_string(failed.size()) + " object(s) " +
@@ -185,10 +190,12 @@ Status Executor::move(XferOp op, const std::vector<std::string>& key_list, const
     return result;
   }
   std::vector<int64_t> res;
-  client_->batch_get_segments(keys, segments, &res, &errors);
+  client_->batch_get_segments(keys, segments, &res, &errors, memory);
   std::vector<std::string> missing, short_objs, broken;
   for (size_t i = 0; i < res.size(); ++i) {
-    if (res[i] == kItemMissing)
+    if (res[i] == kItemNeedsHost && needs_host)
+      needs_host->push_back(i);
+    else if (res[i] == kItemMissing)
       missing.push_back(key_list[i]);
     else if (res[i] >= 0 && static_cast<uint64_t>(res[i]) < needed[i])
       short_objs.push_back(key_list[i] + "' (" + std::to_string(res[i]) + " bytes, transfer reads up to " +
@@ -319,10 +326,42 @@ Status Executor::move_staged(Transfer* t) {
   return result;
 }
 
+Status Executor::move_gpudirect(Transfer* t) {
+  std::vector<size_t> rest;
+  bool registered = false;  // nothing is (TCP, MEMKV_GPUDIRECT=off, registration failed): skip the try
+  for (const SegmentList& segs : t->segments)
+    for (const Segment& g : segs) registered = registered || (g.len && client_->is_device_registered(g.ptr, g.len));
+  Status result;
+  if (registered) {
+    result = move(t->op, t->keys, t->segments, t->needed, Memory::Gpu, &rest);
+  } else {
+    result = kSuccess;
+    for (size_t i = 0; i < t->keys.size(); ++i) rest.push_back(i);
+  }
+  if (result != kSuccess || rest.empty()) return result;
+  // Objects on nodes reached over TCP, gapped reads, memory that is not
+  // registered: through pinned host slots, as without GPUDirect (the
+  // stand-in stages its "GPU" memory the same way, with host copies).
+  Transfer host;
+  host.op = t->op;
+  host.device = true;
+  host.host_staged = !t->device;
+  host.gpu = t->gpu;
+  for (size_t i : rest) {
+    host.keys.push_back(t->keys[i]);
+    host.segments.push_back(t->segments[i]);
+    host.needed.push_back(t->needed[i]);
+  }
+  return move_staged(&host);
+}
+
 void Executor::run(Transfer* t) {
   Status result;
   try {
-    result = t->device ? move_staged(t) : move(t->op, t->keys, t->segments, t->needed);
+    if (t->gpudirect)
+      result = move_gpudirect(t);
+    else
+      result = t->device ? move_staged(t) : move(t->op, t->keys, t->segments, t->needed);
   } catch (const std::exception& e) {
     result = kErrBackend;
     log(LogLevel::Error, std::string("MEMKV transfer failed: ") + e.what());

@@ -39,6 +39,7 @@ class Transfer : public RequestHandle {
   XferOp op = kRead;
   bool device = false;                // local descriptors are VRAM_SEG: staged through pinned memory
   bool host_staged = false;           // DRAM staged the same way (MEMKV_STAGE_DRAM=1, tests)
+  bool gpudirect = false;             // VRAM (or MEMKV_GPUDIRECT_STAND_IN DRAM): tried GPUDirect first
   int gpu = 0;                        // VRAM: the GPU that owns the local buffers
   std::vector<std::string> keys;
   std::vector<SegmentList> segments;  // per key, sorted by object offset
@@ -69,9 +70,15 @@ class Executor {
  private:
   void run(Transfer* t);
   // One batch of whole objects through the client; the transfer's status.
+  // Memory::Gpu: items that cannot go GPUDirect are not failures; their
+  // indexes are added to *needs_host.
   Status move(XferOp op, const std::vector<std::string>& keys, const std::vector<SegmentList>& segments,
-              const std::vector<uint64_t>& needed);
+              const std::vector<uint64_t>& needed, Memory memory = Memory::Host,
+              std::vector<size_t>* needs_host = nullptr);
   Status move_staged(Transfer* t);
+  // GPUDirect where every buffer is registered GPU memory and the node's
+  // connection is RDMA; the rest through move_staged (or, stand-in, as DRAM).
+  Status move_gpudirect(Transfer* t);
   StagingPool* staging(CudaRuntime* cuda, std::string* error);
   void worker();
 

@@ -289,7 +289,16 @@ uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHead
   in.started = nullptr;  // its bytes are all in
   bytes_in_ += size;
   if (counters) counters->bytes_in += size;
-  if (s.recv_seal(h, index, opts_.io_timeout_ms) != crc) {
+  const uint32_t sealed = s.recv_seal(h, index, opts_.io_timeout_ms);
+  if (m.checksummed_here(index)) {
+    // GPUDirect: the client cannot read its GPU memory, so it seals CRC 0
+    // and the CRC computed here, as the bytes landed, becomes the value's.
+    if (sealed != 0) {
+      ++checksum_failures_;
+      return kChecksumMismatch;
+    }
+    ++node_checksummed_;
+  } else if (sealed != crc) {
     ++checksum_failures_;
     return kChecksumMismatch;
   }
@@ -610,6 +619,7 @@ NodeStats Node::stats() {
   s.rdma_connections = rdma_connections_;
   s.rdma_bytes_in = rdma_bytes_in_;
   s.rdma_bytes_out = rdma_bytes_out_;
+  s.rdma_node_checksummed = node_checksummed_;
   if (door_) s.s3 = door_->stats();
   return s;
 }

@@ -43,6 +43,7 @@ struct NodeStats {
   uint64_t connections = 0, connections_total = 0, auth_failures = 0, protocol_errors = 0, rejected_connections = 0;
   uint64_t checksum_failures = 0;
   uint64_t rdma_connections = 0, rdma_bytes_in = 0, rdma_bytes_out = 0;
+  uint64_t rdma_node_checksummed = 0;  // GPUDirect puts whose CRC the node computed
   s3::DoorStats s3;
 };
 
@@ -138,7 +139,7 @@ class Node {
   std::atomic<uint64_t> op_errors_[kOpSlots] = {};
   std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0}, hits_{0}, misses_{0}, connections_{0}, connections_total_{0},
       auth_failures_{0}, protocol_errors_{0}, rejected_{0}, checksum_failures_{0}, rdma_connections_{0},
-      rdma_bytes_in_{0}, rdma_bytes_out_{0};
+      rdma_bytes_in_{0}, rdma_bytes_out_{0}, node_checksummed_{0};
 };
 
 }  // namespace memkv

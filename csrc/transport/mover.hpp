@@ -57,6 +57,9 @@ class PendingRead {
   // Places item k's `len` bytes (object size `size`) into its target and
   // returns their CRC-32C. Items are landed in order.
   virtual uint32_t land(wire::Session& s, size_t k, uint64_t size, uint64_t len, int timeout_ms) = 0;
+  // False when item k landed in GPU memory the host cannot read: land()
+  // could not checksum it (the RDMA link's own CRC covered those bytes).
+  virtual bool verifies(size_t) const { return true; }
 };
 
 // A value-carrying request that was sent: keeps the memory the node reads
@@ -73,6 +76,9 @@ class ClientMover {
   // False once the connection's transport failed (its queue pair is in the
   // error state): the connection must not go back to the pool.
   virtual bool usable() const { return true; }
+  // Whether values may lie in registered GPU memory (GPUDirect): only a
+  // mover that never touches value bytes on the host.
+  virtual bool carries_device_memory() const { return false; }
   // Sends a request carrying values (PUT, BATCH_PUT, PUT_PART): values[i]
   // lists value i's pieces in order.
   virtual std::unique_ptr<PendingWrite> send_values(wire::Session& s, uint8_t op, std::vector<uint8_t> meta,
@@ -121,6 +127,9 @@ class NodeMover {
   // Moves item i's value (size bytes) into dst (or finishes what
   // start_receive began); returns its CRC-32C.
   virtual uint32_t receive(wire::Session& s, uint32_t i, uint8_t* dst, uint64_t size, int timeout_ms) = 0;
+  // True when the client could not checksum put item i (GPUDirect): the CRC
+  // receive() computed is the value's, and the seal carries 0.
+  virtual bool checksummed_here(uint32_t) const { return false; }
   // Drops item i's value (the node refused it).
   virtual void skip(wire::Session& s, uint32_t i, uint64_t size, int timeout_ms) = 0;
   // Sends a reply whose item k brings the bytes values[k] (possibly empty).

@@ -78,6 +78,8 @@ class MemoryRegion {
  public:
   // access: IBV_ACCESS_* flags. Throws when the memory cannot be registered.
   MemoryRegion(DevicePtr dev, void* addr, uint64_t len, int access);
+  // Takes over a registration made another way (dma-buf, device_memory.hpp).
+  MemoryRegion(DevicePtr dev, ibv_mr* mr) : dev_(std::move(dev)), mr_(mr) {}
   ~MemoryRegion();
   MemoryRegion(const MemoryRegion&) = delete;
   uint32_t lkey() const { return mr_->lkey; }

@@ -10,6 +10,7 @@
 #include "../common/crc32c.hpp"
 #include "../common/error.hpp"
 #include "../wire/protocol.hpp"
+#include "device_memory.hpp"
 
 namespace memkv::transport {
 
@@ -172,6 +173,7 @@ struct SegmentPlan {
 };
 struct ReadPlan {
   bool whole_staged = false;
+  bool on_gpu = false;  // some segment is GPU memory: the host cannot checksum what lands
   size_t slot = 0;
   uint64_t off = 0;
   uint64_t range = 0;
@@ -184,6 +186,7 @@ class RdmaPendingRead : public PendingRead {
   void set_plans(std::vector<ReadPlan> plans) { plans_ = std::move(plans); }
   Holdings hold;
   uint64_t reply_data_len(uint64_t) const override { return 0; }
+  bool verifies(size_t k) const override { return !plans_[k].on_gpu; }
   uint32_t land(Session&, size_t k, uint64_t, uint64_t len, int) override {
     const ReadTarget& t = targets_[k];
     const ReadPlan& p = plans_[k];
@@ -212,7 +215,7 @@ class RdmaPendingRead : public PendingRead {
       const SegmentPlan& sp = p.segs[j];
       if (sp.how == SegmentPlan::Staged)
         crc = crc32c_copy(crc, static_cast<uint8_t*>(g.ptr), slot_bytes(sp.slot, sp.off), n);
-      else
+      else if (!p.on_gpu)
         crc = crc32c(crc, g.ptr, n);
     }
     return crc;
@@ -230,6 +233,9 @@ class RdmaClientMover : public ClientMover {
       : rc_(rc), rail_(rail), qp_(std::move(qp)) {}
   const char* name() const override { return "rdma"; }
   bool usable() const override { return !qp_->broken(); }
+  // GPU memory goes only where it is registered (Direct); anything else in
+  // a GPUDirect request is refused by the client before it reaches here.
+  bool carries_device_memory() const override { return true; }
 
   std::unique_ptr<PendingWrite> send_values(Session& s, uint8_t op, std::vector<uint8_t> meta,
                                             const std::vector<std::vector<struct iovec>>& values,
@@ -246,6 +252,7 @@ class RdmaClientMover : public ClientMover {
       Registrations::EntryPtr reg;
     };
     std::vector<std::vector<Piece>> plan(values.size());
+    std::vector<bool> on_gpu(values.size(), false);  // the node checksums it (kSegNodeChecksum)
     SlotPacker packer{pool.slot_bytes(), pool.slots()};
     for (size_t i = 0; i < values.size(); ++i) {
       for (const struct iovec& v : values[i]) {
@@ -253,6 +260,7 @@ class RdmaClientMover : public ClientMover {
         if (v.iov_len) {
           p.reg = rc_.find(v.iov_base, v.iov_len);
           if (!p.reg) p.how = packer.place(v.iov_len, &p.slot, &p.off) ? Piece::Staged : Piece::Temp;
+          else if (p.reg->device) on_gpu[i] = true;
         }
         plan[i].push_back(std::move(p));
       }
@@ -264,12 +272,12 @@ class RdmaClientMover : public ClientMover {
     ByteWriter sect;
     std::vector<uint32_t> crcs(values.size(), 0);
     std::vector<bool> deferred(values.size(), false);  // CRC computed after the head is sent
-    uint64_t direct = 0, staged = 0, temp = 0;
+    uint64_t direct = 0, staged = 0, temp = 0, gpu = 0;
     const uint32_t staging_rkey = pool.region(rail_).rkey();
     for (size_t i = 0; i < values.size(); ++i) {
       uint32_t nseg = 0;
       for (const struct iovec& v : values[i]) nseg += v.iov_len ? 1 : 0;
-      sect.u32(nseg);
+      sect.u32(nseg | (on_gpu[i] ? kSegNodeChecksum : 0));
       uint32_t crc = 0;
       for (size_t j = 0; j < values[i].size(); ++j) {
         const struct iovec& v = values[i][j];
@@ -278,9 +286,10 @@ class RdmaClientMover : public ClientMover {
         switch (p.how) {
           case Piece::Direct:
             put_desc(sect, v.iov_base, p.reg->per_rail[rail_]->rkey(), v.iov_len);
+            if (p.reg->device) gpu += v.iov_len;
             hold.pinned.push_back(std::move(p.reg));
             direct += v.iov_len;
-            deferred[i] = true;
+            deferred[i] = !on_gpu[i];  // GPU bytes cannot be read here: the seal carries CRC 0
             break;
           case Piece::Staged: {
             uint8_t* dst = pool.slot(hold.slots[p.slot]) + p.off;
@@ -298,9 +307,9 @@ class RdmaClientMover : public ClientMover {
             break;
         }
       }
-      crcs[i] = crc;
+      crcs[i] = on_gpu[i] ? 0 : crc;
     }
-    rc_.count(direct, staged, temp, false);
+    rc_.count(direct, staged, temp, false, gpu);
     meta.insert(meta.end(), sect.data().begin(), sect.data().end());
     // The node starts READing as soon as it has the metadata; the seals
     // follow, so checksumming registered memory overlaps the transfer.
@@ -350,6 +359,8 @@ class RdmaClientMover : public ClientMover {
         pos = g.offset + g.len;
       }
       p.range = pos - t.lo;
+      if (!contiguous && gpu_target(*t.segs))
+        fail(ErrorKind::Config, "a read into GPU memory must cover its range without gaps (GPUDirect)");
       if (!contiguous) {
         p.whole_staged = packer.place(p.range, &p.slot, &p.off);
         inline_frame = !p.whole_staged;
@@ -359,6 +370,7 @@ class RdmaClientMover : public ClientMover {
         SegmentPlan sp;
         if (g.len && !(sp.reg = rc_.find(g.ptr, g.len)))
           sp.how = packer.place(g.len, &sp.slot, &sp.off) ? SegmentPlan::Staged : SegmentPlan::Temp;
+        if (sp.reg && sp.reg->device) p.on_gpu = true;
         p.segs.push_back(std::move(sp));
       }
     }
@@ -372,7 +384,7 @@ class RdmaClientMover : public ClientMover {
     if (packer.slots) hold.slots = pool.take(packer.slots, timeout_ms);
     const uint32_t staging_rkey = pool.region(rail_).rkey();
     ByteWriter sect;
-    uint64_t zero_copy = 0, staged = 0, temp = 0;
+    uint64_t zero_copy = 0, staged = 0, temp = 0, gpu = 0;
     for (size_t k = 0; k < targets.size(); ++k) {
       ReadPlan& p = plans[k];
       if (p.whole_staged) {
@@ -391,6 +403,7 @@ class RdmaClientMover : public ClientMover {
         switch (sp.how) {
           case SegmentPlan::Direct:
             put_desc(sect, g.ptr, sp.reg->per_rail[rail_]->rkey(), g.len);
+            if (sp.reg->device) gpu += g.len;
             hold.pinned.push_back(std::move(sp.reg));
             zero_copy += g.len;
             break;
@@ -409,13 +422,18 @@ class RdmaClientMover : public ClientMover {
     }
     // The plans' registrations were moved into `hold`; land() needs only how and where.
     pr->set_plans(std::move(plans));
-    rc_.count(zero_copy, staged, temp, false);
+    rc_.count(zero_copy, staged, temp, false, gpu);
     meta.insert(meta.end(), sect.data().begin(), sect.data().end());
     s.send_frame(op, 0, meta, nullptr, 0, 0, timeout_ms, kFlagRdma);
     return pr;
   }
 
  private:
+  bool gpu_target(const SegmentList& segs) const {
+    for (const Segment& g : segs)
+      if (auto r = g.len ? rc_.find(g.ptr, g.len) : nullptr; r && r->device) return true;
+    return false;
+  }
   RdmaClient& rc_;
   size_t rail_;
   std::unique_ptr<rdma::QueuePair> qp_;  // the node's peer; must live as long as the connection
@@ -449,10 +467,24 @@ void RdmaClient::register_memory(void* p, uint64_t n) {
   regs_.add(std::move(e));
 }
 
+std::string RdmaClient::register_device_memory(void* p, uint64_t n) {
+  auto e = std::make_shared<Registrations::Entry>();
+  e->base = static_cast<uint8_t*>(p);
+  e->len = n;
+  e->device = true;
+  std::string how;
+  for (const rdma::DevicePtr& d : rails_)
+    e->per_rail.push_back(rdma::register_device_memory(
+        d, p, n, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE, &how));
+  regs_.add(std::move(e));
+  return how;
+}
+
 bool RdmaClient::unregister_memory(void* p) { return regs_.remove(p); }
 
-void RdmaClient::count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame) {
+void RdmaClient::count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame, uint64_t device) {
   std::lock_guard lk(stats_mu_);
+  stats_.device_bytes += device;
   stats_.zero_copy_bytes += zero_copy;
   stats_.staged_bytes += staged;
   stats_.temp_registered_bytes += temp;

@@ -29,6 +29,7 @@ class Registrations {
   struct Entry {
     uint8_t* base = nullptr;
     uint64_t len = 0;
+    bool device = false;  // GPU memory (GPUDirect): the host never reads or writes it
     std::vector<std::unique_ptr<rdma::MemoryRegion>> per_rail;
   };
   using EntryPtr = std::shared_ptr<const Entry>;
@@ -74,6 +75,7 @@ class StagingPool {
 struct RdmaClientStats {
   uint64_t zero_copy_bytes = 0, staged_bytes = 0, temp_registered_bytes = 0, inline_frames = 0, staging_waits = 0;
   uint64_t registered_bytes = 0;
+  uint64_t device_bytes = 0;  // moved straight from/to GPU memory, unchecksummed by the client
 };
 
 class RdmaClient {
@@ -85,6 +87,10 @@ class RdmaClient {
   // Registers [p, p + n) with every rail for zero-copy transfers. The memory
   // must stay valid until unregister_memory.
   void register_memory(void* p, uint64_t n);
+  // Registers GPU memory [p, p + n) with every rail (GPUDirect: dma-buf or
+  // peer memory; the caller made its GPU current). Returns how ("dmabuf",
+  // "peer-memory"); throws when it cannot be registered.
+  std::string register_device_memory(void* p, uint64_t n);
   bool unregister_memory(void* p);
   Registrations::EntryPtr find(const void* p, uint64_t n) const { return regs_.find(p, n); }
   StagingPool& staging() { return staging_; }
@@ -94,7 +100,7 @@ class RdmaClient {
   std::unique_ptr<ClientMover> connect(wire::Session& s, size_t rail, int timeout_ms, std::string* declined);
 
   RdmaClientStats stats() const;
-  void count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame);
+  void count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame, uint64_t device = 0);
 
  private:
   std::vector<rdma::DevicePtr> rails_;

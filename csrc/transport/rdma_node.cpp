@@ -90,8 +90,11 @@ class RdmaNodeMover : public NodeMover {
   void begin(ByteReader& in, uint32_t items, bool) override {
     started_.clear();
     descs_.assign(items, {});
+    node_crc_.assign(items, false);
     for (uint32_t i = 0; i < items; ++i) {
       uint32_t n = in.u32();
+      node_crc_[i] = (n & kSegNodeChecksum) != 0;
+      n &= ~kSegNodeChecksum;
       if (n > kMaxDescsPerItem) fail(ErrorKind::Protocol, "RDMA request describes too many segments for one item");
       descs_[i].reserve(n);
       for (uint32_t j = 0; j < n; ++j) {
@@ -154,6 +157,8 @@ class RdmaNodeMover : public NodeMover {
 
   void skip(Session&, uint32_t i, uint64_t, int) override { item(i); }
 
+  bool checksummed_here(uint32_t i) const override { return i < node_crc_.size() && node_crc_[i]; }
+
   void reply(Session& s, uint8_t op, uint16_t status, const std::vector<uint8_t>& meta,
              const std::vector<struct iovec>& values, int timeout_ms) override {
     if (values.size() > descs_.size()) fail(ErrorKind::Protocol, "RDMA read request lacks its transport section");
@@ -194,6 +199,7 @@ class RdmaNodeMover : public NodeMover {
   Bounce bounce_;
   std::string peer_;
   std::vector<std::vector<Desc>> descs_;
+  std::vector<bool> node_crc_;  // per item: the client sent GPU memory it could not checksum
   // Items whose READs are posted and not yet received.
   struct Started {
     std::vector<rdma::RemoteOp> ops;

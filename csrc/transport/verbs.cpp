@@ -58,6 +58,7 @@ const Loaded& load() {
     bind(lib, "ibv_destroy_comp_channel", &v.destroy_comp_channel, &missing);
     bind(lib, "ibv_get_cq_event", &v.get_cq_event, &missing);
     bind(lib, "ibv_ack_cq_events", &v.ack_cq_events, &missing);
+    v.reg_dmabuf_mr = reinterpret_cast<decltype(v.reg_dmabuf_mr)>(dlsym(lib, "ibv_reg_dmabuf_mr"));
     if (!missing.empty()) {
       r->why = "libibverbs.so.1 lacks " + missing + " (rdma-core too old?)";
       return r;

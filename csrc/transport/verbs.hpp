@@ -35,6 +35,8 @@ struct Verbs {
   int (*destroy_comp_channel)(ibv_comp_channel*);
   int (*get_cq_event)(ibv_comp_channel*, ibv_cq**, void**);
   void (*ack_cq_events)(ibv_cq*, unsigned int);
+  // Optional (rdma-core 34+, GPUDirect over dma-buf); null when absent.
+  ibv_mr* (*reg_dmabuf_mr)(ibv_pd*, uint64_t, size_t, uint64_t, int, int);
 };
 
 // The loaded library, or nullptr with the reason in *why (not installed,

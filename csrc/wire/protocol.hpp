@@ -110,6 +110,10 @@ enum Op : uint8_t {
 
 // FrameHeader.flags
 constexpr uint8_t kFlagRdma = 0x01;  // value bytes move by RDMA; the metadata ends with a transport section
+// In a put item's `nseg` (transport section): the value lies in memory the
+// client cannot read (GPU memory, GPUDirect), so its seal carries CRC 0 and
+// the node's own CRC of the landed bytes is the value's.
+constexpr uint32_t kSegNodeChecksum = 1u << 31;
 
 enum Status : uint16_t {
   kOk = 0,
