@@ -33,8 +33,13 @@ def test_plugin_is_found_beside_builtin_backends():
     agent = nixl_agent("list", nixl_agent_config(backends=[]))
     plugins = agent.get_plugin_list()
     assert "MEMKV" in plugins and "POSIX" in plugins
-    assert set(agent.get_plugin_mem_types("MEMKV")) == {"DRAM_SEG", "OBJ_SEG"}
-    assert {"servers", "auth_key", "license", "namespace", "num_connections"} <= set(agent.get_plugin_params("MEMKV"))
+    # VRAM_SEG is advertised exactly when this process has libcudart loaded
+    # (no GPU here, but an earlier test may have loaded the library).
+    with open("/proc/self/maps") as f:
+        cudart = "libcudart.so" in f.read()
+    assert set(agent.get_plugin_mem_types("MEMKV")) == {"DRAM_SEG", "OBJ_SEG"} | ({"VRAM_SEG"} if cudart else set())
+    assert {"servers", "auth_key", "license", "namespace", "num_connections", "gpudirect"} <= \
+        set(agent.get_plugin_params("MEMKV"))
 
 
 @pytest.mark.parametrize("block_size", [2 << 20, 4 << 20])

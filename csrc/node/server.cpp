@@ -104,9 +104,12 @@ void Node::stop() {
   if (!started_ || stopped_) return;
   stopped_ = true;
   stopping_ = true;
-  // Wakes accept(); the acceptor then closes the socket.
+  // Wakes accept(). The socket is closed here, after the acceptor is gone:
+  // closed under it, its number could be reused by another open meanwhile.
   ::shutdown(listen_fd_, SHUT_RDWR);
   if (acceptor_.joinable()) acceptor_.join();
+  ::close(listen_fd_);
+  listen_fd_ = -1;
   {
     std::lock_guard<std::mutex> lk(conns_mu_);
     for (auto& c : conns_) {
@@ -192,8 +195,6 @@ void Node::accept_loop() {
     }
     conns_.push_back(std::move(conn));
   }
-  ::close(listen_fd_);
-  listen_fd_ = -1;
 }
 
 void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {

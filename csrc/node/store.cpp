@@ -435,20 +435,29 @@ bool Store::info(const std::string& key, ObjectInfo* out) {
 }
 
 bool Store::remove(const std::string& key) {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    auto it = index_.find(key);
-    if (it == index_.end()) return false;
-    Entry* e = it->second.get();
-    // Always queued with a disk tier: a write of this key may be in flight
-    // on the flusher, and its file must not outlive the delete.
-    if (files_) {
-      flush_queue_.push_back({false, key, e->version, mono_ms()});
-      flush_cv_.notify_one();
-    }
-    drop_entry_locked(e);
+  std::unique_lock<std::mutex> lk(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  Entry* e = it->second.get();
+  // Always queued with a disk tier: a write of this key may be in flight
+  // on the flusher, and its file must not outlive the delete.
+  uint64_t waiter = 0;
+  if (files_) {
+    // With fsync=always a delete, like a put, is acknowledged once durable:
+    // a crash must not bring the value back.
+    if (cfg_.fsync == FsyncMode::Always) durable_removals_[waiter = ++next_removal_] = -1;
+    flush_queue_.push_back({false, key, e->version, mono_ms(), waiter});
+    flush_cv_.notify_one();
   }
+  drop_entry_locked(e);
   space_cv_.notify_all();
+  while (waiter) {
+    if (durable_removals_[waiter] >= 0 || (stopping_ && flush_queue_.empty())) {
+      durable_removals_.erase(waiter);
+      break;
+    }
+    durable_cv_.wait(lk);
+  }
   return true;
 }
 
@@ -519,12 +528,18 @@ void Store::flush_one(const FlushTask& t) {
   } release{lk};
 
   if (!t.write) {
-    auto d = disk_.find(t.key);
-    if (d == disk_.end()) return;
-    disk_erase_locked(d);
-    lk.unlock();
-    files_->remove(t.key, cfg_.fsync == FsyncMode::Always);
-    lk.lock();
+    // Earlier writes of the key have all run (one flusher, in queue order):
+    // with no record there is nothing to remove.
+    if (auto d = disk_.find(t.key); d != disk_.end()) {
+      disk_erase_locked(d);
+      lk.unlock();
+      files_->remove(t.key, cfg_.fsync == FsyncMode::Always);
+      lk.lock();
+    }
+    if (auto w = durable_removals_.find(t.waiter); t.waiter && w != durable_removals_.end()) {
+      w->second = 1;
+      durable_cv_.notify_all();
+    }
     return;
   }
 

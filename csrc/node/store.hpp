@@ -193,6 +193,7 @@ class Store {
     std::string key;
     uint64_t version;
     uint64_t queued_ms = 0;
+    uint64_t waiter = 0;  // a removal someone waits on (fsync=always): its key in durable_removals_
   };
   struct Part {
     ValuePtr buffer;
@@ -253,6 +254,8 @@ class Store {
   int space_waiters_ = 0;
   // fsync=always: version -> -1 pending, 1 on its shard, 0 shard write failed
   std::unordered_map<uint64_t, int> durable_results_;
+  std::unordered_map<uint64_t, int> durable_removals_;  // fsync=always deletes: -1 pending, 1 done
+  uint64_t next_removal_ = 0;
   std::thread flusher_;
   uint64_t startup_ms_ = 0;
 };

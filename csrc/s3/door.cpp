@@ -179,6 +179,8 @@ void Door::stop() {
   if (!started_ || stopping_.exchange(true)) return;
   ::shutdown(listen_fd_, SHUT_RDWR);
   if (acceptor_.joinable()) acceptor_.join();
+  ::close(listen_fd_);  // here, not in the acceptor: see Node::stop
+  listen_fd_ = -1;
   std::list<std::shared_ptr<Conn>> conns;
   {
     std::lock_guard<std::mutex> lk(conns_mu_);
@@ -238,7 +240,6 @@ void Door::accept_loop() {
     }
     conns_.push_back(std::move(conn));
   }
-  ::close(listen_fd_);
 }
 
 void Door::serve(std::shared_ptr<Conn> conn, int fd) {
