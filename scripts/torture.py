@@ -414,6 +414,8 @@ def main() -> int:
                       deletes=ledger.deletes)
         if node:
             node.stop()
+        if isinstance(sys.exc_info()[1], (SystemExit, KeyboardInterrupt)):
+            shutil.rmtree(tmp, ignore_errors=True)  # interrupted: nothing to look at
     bad = not ok or any(totals[k] for k in ("wrong", "stale", "lost", "phantom", "resurrected", "writer_errors"))
     if bad:
         print(f"torture: data directory and node logs kept in {tmp}", file=sys.stderr)
