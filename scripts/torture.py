@@ -93,9 +93,7 @@ class Ledger:
 
     def attempt(self, key: str, size: int) -> int:
         with self.mu:
-            log = self.keys.setdefault(key, KeyLog(size))
-            if log.size != size:
-                log.size = size  # all versions of a key share one size here
+            log = self.keys.setdefault(key, KeyLog(size))  # every version of a key has one size
             v = len(log.versions) + 1
             log.versions.append(v)
             return v

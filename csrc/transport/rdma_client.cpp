@@ -272,7 +272,7 @@ class RdmaClientMover : public ClientMover {
     ByteWriter sect;
     std::vector<uint32_t> crcs(values.size(), 0);
     std::vector<bool> deferred(values.size(), false);  // CRC computed after the head is sent
-    uint64_t direct = 0, staged = 0, temp = 0, gpu = 0;
+    uint64_t direct = 0, staged = 0, temp = 0;
     const uint32_t staging_rkey = pool.region(rail_).rkey();
     for (size_t i = 0; i < values.size(); ++i) {
       uint32_t nseg = 0;
@@ -286,7 +286,6 @@ class RdmaClientMover : public ClientMover {
         switch (p.how) {
           case Piece::Direct:
             put_desc(sect, v.iov_base, p.reg->per_rail[rail_]->rkey(), v.iov_len);
-            if (p.reg->device) gpu += v.iov_len;
             hold.pinned.push_back(std::move(p.reg));
             direct += v.iov_len;
             deferred[i] = !on_gpu[i];  // GPU bytes cannot be read here: the seal carries CRC 0
@@ -309,7 +308,7 @@ class RdmaClientMover : public ClientMover {
       }
       crcs[i] = on_gpu[i] ? 0 : crc;
     }
-    rc_.count(direct, staged, temp, false, gpu);
+    rc_.count(direct, staged, temp, false);
     meta.insert(meta.end(), sect.data().begin(), sect.data().end());
     // The node starts READing as soon as it has the metadata; the seals
     // follow, so checksumming registered memory overlaps the transfer.
@@ -384,7 +383,7 @@ class RdmaClientMover : public ClientMover {
     if (packer.slots) hold.slots = pool.take(packer.slots, timeout_ms);
     const uint32_t staging_rkey = pool.region(rail_).rkey();
     ByteWriter sect;
-    uint64_t zero_copy = 0, staged = 0, temp = 0, gpu = 0;
+    uint64_t zero_copy = 0, staged = 0, temp = 0;
     for (size_t k = 0; k < targets.size(); ++k) {
       ReadPlan& p = plans[k];
       if (p.whole_staged) {
@@ -403,7 +402,6 @@ class RdmaClientMover : public ClientMover {
         switch (sp.how) {
           case SegmentPlan::Direct:
             put_desc(sect, g.ptr, sp.reg->per_rail[rail_]->rkey(), g.len);
-            if (sp.reg->device) gpu += g.len;
             hold.pinned.push_back(std::move(sp.reg));
             zero_copy += g.len;
             break;
@@ -422,7 +420,7 @@ class RdmaClientMover : public ClientMover {
     }
     // The plans' registrations were moved into `hold`; land() needs only how and where.
     pr->set_plans(std::move(plans));
-    rc_.count(zero_copy, staged, temp, false, gpu);
+    rc_.count(zero_copy, staged, temp, false);
     meta.insert(meta.end(), sect.data().begin(), sect.data().end());
     s.send_frame(op, 0, meta, nullptr, 0, 0, timeout_ms, kFlagRdma);
     return pr;
@@ -482,9 +480,8 @@ std::string RdmaClient::register_device_memory(void* p, uint64_t n) {
 
 bool RdmaClient::unregister_memory(void* p) { return regs_.remove(p); }
 
-void RdmaClient::count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame, uint64_t device) {
+void RdmaClient::count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame) {
   std::lock_guard lk(stats_mu_);
-  stats_.device_bytes += device;
   stats_.zero_copy_bytes += zero_copy;
   stats_.staged_bytes += staged;
   stats_.temp_registered_bytes += temp;

@@ -75,7 +75,6 @@ class StagingPool {
 struct RdmaClientStats {
   uint64_t zero_copy_bytes = 0, staged_bytes = 0, temp_registered_bytes = 0, inline_frames = 0, staging_waits = 0;
   uint64_t registered_bytes = 0;
-  uint64_t device_bytes = 0;  // moved straight from/to GPU memory, unchecksummed by the client
 };
 
 class RdmaClient {
@@ -100,7 +99,7 @@ class RdmaClient {
   std::unique_ptr<ClientMover> connect(wire::Session& s, size_t rail, int timeout_ms, std::string* declined);
 
   RdmaClientStats stats() const;
-  void count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame, uint64_t device = 0);
+  void count(uint64_t zero_copy, uint64_t staged, uint64_t temp, bool inline_frame);
 
  private:
   std::vector<rdma::DevicePtr> rails_;
