@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
@@ -36,7 +37,14 @@ def main() -> None:
               help="always: ack after the shard is synced; interval (default): write-back, synced every "
                    "--fsync-interval-ms; never: leave syncing to the OS.")
 @click.option("--fsync-interval-ms", type=int, help="Sync cadence for --fsync interval (default 1000).")
-@click.option("--max-connections", type=int, help="Concurrent client connections (default 1024).")
+@click.option("--max-connections", type=int, help="Concurrent client connections (MEMKV_MAX_CONNECTIONS, default "
+                                                  "10000); past it a client is told the node is full.")
+@click.option("--admin-auth", type=click.Choice(["local", "key", "none"]),
+              help="Who may read /v1/status (MEMKV_ADMIN_AUTH): local (default): this host freely, other hosts "
+                   "with the auth key as a bearer token; key: always the token; none: anyone. /v1/health and "
+                   "/metrics are always open.")
+@click.option("--io-timeout-ms", type=int, help="Drop a client that stops mid-message this long (MEMKV_IO_TIMEOUT_MS, "
+                                                "default 60000); idle connections are kept.")
 @click.option("--rdma-devices", help="RDMA devices to serve clients over, e.g. mlx5_0,mlx5_1 "
                                      "(MEMKV_RDMA_DEVICES; default none: TCP only).")
 @click.option("--tenants", help="Tenants file (MEMKV_TENANTS): each tenant gets its own key, keyspace and quotas; "
@@ -92,12 +100,24 @@ def status(servers, admins, as_json, timeout) -> None:
         nodes = list(servers) or list(load_client_config(None).servers)
     except MemKVError as e:
         _fail(e)
+    try:  # nodes ask other hosts for the auth key (--admin-auth); the config chain has it
+        key = load_client_config(None, require_servers=False).auth_key
+    except MemKVError:
+        key = None
+    headers = {"Authorization": f"Bearer {key.hex()}"} if key else {}
     docs = []
     for i, s in enumerate(nodes):
         url = _admin_url(s, admins[i] if i < len(admins) else None)
         try:
-            with urllib.request.urlopen(url + "/v1/status", timeout=timeout) as r:
+            with urllib.request.urlopen(urllib.request.Request(url + "/v1/status", headers=headers),
+                                        timeout=timeout) as r:
                 docs.append((s, json.load(r), None))
+        except urllib.error.HTTPError as e:
+            why = f"HTTP {e.code}"
+            if e.code == 401:
+                why = "refused: " + ("MEMKV_AUTH_KEY is not the node's key" if key else
+                                     "the node wants its auth key: set MEMKV_AUTH_KEY")
+            docs.append((s, None, why))
         except Exception as e:  # a node that is down is a row, not a crash
             docs.append((s, None, str(getattr(e, "reason", e))))
     if as_json:

@@ -68,6 +68,7 @@ DEFAULT_PORT = 9900
 TRANSPORTS = ("auto", "rdma", "tcp")
 GPUDIRECT_MODES = ("auto", "off")
 FSYNC_MODES = ("always", "interval", "never")
+ADMIN_AUTH_MODES = ("local", "key", "none")  # see nixl_memkv.admin
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _ENV_PREFIX = "MEMKV_"
@@ -492,7 +493,9 @@ class NodeConfig:
     disk_capacity: int | None = None  # bytes; None: 80% of free space at start; 0: DRAM only
     fsync: str = "interval"  # always | interval | never
     fsync_interval_ms: int = 1000
-    max_connections: int = 1024
+    max_connections: int = 10000
+    admin_auth: str = "local"  # who may read /v1/status: local | key | none (nixl_memkv.admin)
+    io_timeout_ms: int = 60000  # a client silent this long mid-message (handshake, frame, value) is dropped
     rdma_devices: tuple[str, ...] = ()  # RDMA devices served to clients that ask; empty: TCP only
     tenants: str | None = None  # tenants file (nixl_memkv.tenants); None: the cluster key only
     s3_port: int | None = None  # the S3 door (tenants' S3 credentials); None: no door
@@ -549,6 +552,8 @@ _NODE_PARSERS: dict[str, _Parser] = {
     "fsync": _choice_parser(FSYNC_MODES),
     "fsync_interval_ms": _int_parser(1),
     "max_connections": _int_parser(1),
+    "io_timeout_ms": _int_parser(100),
+    "admin_auth": _choice_parser(ADMIN_AUTH_MODES),
     "rdma_devices": _parse_devices,
     "tenants": _parse_path,
     "s3_port": _int_parser(0, 65535),

@@ -22,6 +22,28 @@ from .tenants import load_tenants, native_specs
 log = logging.getLogger("memkv")
 
 
+# Descriptors beyond the client connections: shards, the admin port, the S3
+# door, logs, RDMA devices.
+_SPARE_FDS = 512
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Every connection is a descriptor: lift the soft limit as far as the hard
+    one allows, and say so when --max-connections cannot be reached."""
+    import resource
+
+    need = max_connections + _SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("--max-connections %d needs about %d file descriptors, but this process may open only %d "
+                    "(`ulimit -n`; LimitNOFILE= under systemd): clients past about %d connections will be refused",
+                    max_connections, need, soft, max(0, soft - _SPARE_FDS))
+
+
 class MemKVNode:
     def __init__(self, cfg: NodeConfig, *, admin: bool = True):
         self.cfg = cfg
@@ -40,6 +62,7 @@ class MemKVNode:
             node_id=hashlib.sha256(self.node_id.encode()).digest()[:16], data_dir=cfg.data_dir,
             dram_capacity=cfg.dram_capacity, disk_capacity=self.disk_capacity, fsync=cfg.fsync,
             fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections,
+            io_timeout_ms=cfg.io_timeout_ms,
             rdma_devices=list(cfg.rdma_devices), s3_port=-1 if cfg.s3_port is None else cfg.s3_port)
         self.tenants: dict = {}
         if cfg.tenants:
@@ -97,14 +120,17 @@ class MemKVNode:
 
     def start(self) -> "MemKVNode":
         install_native_logging()
+        _raise_fd_limit(self.cfg.max_connections)
         self._native.start()
         self.started_at = time.time()
         if self._admin_enabled:
-            from .admin import AdminServer
+            from .admin import AdminAccess, AdminServer
             # An ephemeral data port (0, tests and embedded nodes) gets an ephemeral admin port.
             admin_port = self.cfg.admin_port if self.cfg.admin_port is not None else (
                 0 if self.cfg.port == 0 else self.cfg.effective_admin_port)
-            self.admin = AdminServer(self.cfg.host, admin_port, self.status, lambda: self._serving)
+            access = AdminAccess(self.cfg.admin_auth, self.cfg.auth_key,
+                                 lambda: {name: t.auth_key for name, t in self.tenants.items()})
+            self.admin = AdminServer(self.cfg.host, admin_port, self.status, lambda: self._serving, access)
             self.admin.start()
         self._serving = True
         log.info("index loaded from shards in %d ms (O_DIRECT %s)", self._native.startup_ms,
@@ -165,6 +191,8 @@ class MemKVNode:
             "evictions": {"dram": s["evictions_dram"], "disk": s["evictions_disk"],
                           "dropped": s["evictions_dropped"]},
             "connections": s["connections"], "connections_total": s["connections_total"],
+            "rejected_connections": s["rejected_connections"], "stalled_connections": s["stalled_connections"],
+            "worker_threads": s["worker_threads"],
             "auth_failures": s["auth_failures"], "protocol_errors": s["protocol_errors"],
             "checksum_failures": s["checksum_failures"], "corrupt_records": s["corrupt_records"],
             "flush_errors": s["flush_errors"],

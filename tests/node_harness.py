@@ -85,7 +85,9 @@ class NodeProc:
         raise RuntimeError(f"node not ready after {timeout}s: {self.log()}")
 
     def status(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/v1/status", timeout=5) as r:
+        req = urllib.request.Request(f"http://{self.host}:{self.admin_port}/v1/status",
+                                     headers={"Authorization": f"Bearer {self.auth_key}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)
 
     def log(self) -> str:

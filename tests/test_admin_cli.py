@@ -144,3 +144,52 @@ def test_bench_smoke(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["raw_loopback_gbps"] > 0 and len(doc["results"]) == 2
     assert all(row["put_gbps"] > 0 and row["get_gbps"] > 0 for row in doc["results"])
+
+
+def get_with(url: str, token: str | None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"{}") if "json" in r.headers["Content-Type"] else {}
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_admin_status_needs_a_key_in_key_mode(make_node, tmp_path, auth_key):
+    from node_harness import make_tenants
+    creds = make_tenants(str(tmp_path / "tenants.yaml"), "alpha", "beta")
+    node = make_node("--dram-capacity", "64MiB", "--disk-capacity", "0", "--admin-auth", "key",
+                     "--tenants", str(tmp_path / "tenants.yaml"))
+    base = f"http://127.0.0.1:{node.admin_port}"
+    code, body = get_with(base + "/v1/status", None)
+    assert code == 401 and "Authorization: Bearer" in body["error"] and "--admin-auth none" in body["error"]
+    code, body = get_with(base + "/v1/status", "00" * 32)
+    assert code == 401 and "neither the cluster auth key nor a tenant's key" in body["error"]
+    code, body = get_with(base + "/v1/status", auth_key)
+    assert code == 200 and set(body["tenants"]) == {"alpha", "beta"}
+    # A tenant's key reads the node's figures and its own tenant only.
+    code, body = get_with(base + "/v1/status", creds["alpha"]["auth_key"])
+    assert code == 200 and set(body["tenants"]) == {"alpha"} and "keys" in body
+    # Health checks and Prometheus need nothing.
+    assert get(base + "/v1/health")[0] == 200 and get(base + "/metrics")[0] == 200
+    # `memkv status` sends MEMKV_AUTH_KEY, and says what is missing without it.
+    r = memkv("status", node.address, env={"MEMKV_AUTH_KEY": auth_key}, timeout=30)
+    assert "serving" in r.stdout
+    r = memkv("status", node.address, check=False, timeout=30)
+    assert r.returncode == 1 and "set MEMKV_AUTH_KEY" in r.stdout
+
+
+def test_admin_status_default_mode_trusts_only_this_host(node):
+    from nixl_memkv.admin import AdminAccess
+
+    # The default (local): loopback reads freely (test_admin_endpoints), other hosts need the key.
+    assert get(f"http://127.0.0.1:{node.admin_port}/v1/status")[0] == 200
+    key = bytes.fromhex(node.auth_key)
+    access = AdminAccess("local", key, lambda: {"t1": b"\1" * 32})
+    assert access.scope("127.0.0.1", None) == ("node", "")
+    assert access.scope("::ffff:127.0.0.1", None) == ("node", "")
+    assert access.scope("10.1.2.3", None)[0] is None
+    assert access.scope("10.1.2.3", f"Bearer {node.auth_key}") == ("node", "")
+    assert access.scope("10.1.2.3", "Bearer " + "01" * 32) == ("t1", "")
+    assert access.scope("10.1.2.3", "Basic " + node.auth_key)[0] is None
+    assert AdminAccess("none", key, dict).scope("10.1.2.3", None) == ("node", "")
