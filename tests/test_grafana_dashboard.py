@@ -169,8 +169,9 @@ def scraped(tmp_path_factory) -> Exported:
                     "--disk-capacity", "128MiB")
     try:
         node.start()
-        with Client(servers=[node.address], auth_key=key, transport="tcp", connect_timeout_ms=2000,
-                    op_timeout_ms=10000) as c:
+        # Generous timeouts: CI shares 2 cores; a refused key must fail as an auth error, not a timeout.
+        with Client(servers=[node.address], auth_key=key, transport="tcp", connect_timeout_ms=10000,
+                    op_timeout_ms=30000) as c:
             for i in range(3):
                 c.put(f"dash/{i}", bytes([i]) * 4096)
             assert c.get("dash/0") == b"\0" * 4096 and c.get("dash/1") is not None
@@ -179,7 +180,7 @@ def scraped(tmp_path_factory) -> Exported:
             c.remove("dash/2")
         with pytest.raises(Exception, match="(?i)auth"):
             with Client(servers=[node.address], auth_key=generate_auth_key(), transport="tcp",
-                        connect_timeout_ms=2000, op_timeout_ms=5000) as bad:
+                        connect_timeout_ms=10000, op_timeout_ms=30000) as bad:
                 bad.put("dash/x", b"x")
         # The scrape is the real one: the counters moved with the traffic above
         # (the refused handshake is counted as the node closes it, so wait for it).
