@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from nixl_memkv.auth import generate_auth_key
-from nixl_memkv.config import ClientConfig, NodeConfig, load_client_config
+from nixl_memkv.config import ClientConfig, NodeConfig, load_client_config, load_node_config, parse_size
 from nixl_memkv.ports import free_port
 from node_harness import clean_env
 
@@ -183,8 +183,13 @@ def test_statefulset_and_headless_service_agree():
         assert c[probe]["httpGet"] == {"path": "/v1/health", "port": "admin"}, probe
     ann = sts["spec"]["template"]["metadata"]["annotations"]
     assert ann["prometheus.io/port"] == str(ports["admin"]) and ann["prometheus.io/path"] == "/metrics"
-    # Every variable is a real node setting; the data dir is the claimed volume.
+    # Every variable is a real node setting with a valid value (the node
+    # test below runs them at this machine's sizes); the data dir is the
+    # claimed volume.
     assert {e["name"] for e in c["env"]} <= NODE_ENV
+    cfg = load_node_config({"data_dir": "/data"}, env={**plain_env(c), "MEMKV_AUTH_KEY": "ab" * 32})
+    limit = parse_size(c["resources"]["limits"]["memory"], "the memory limit")  # Kubernetes' Gi is GiB
+    assert cfg.dram_capacity == 48 << 30 and cfg.dram_capacity <= limit - (4 << 30)
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     (mount,) = c["volumeMounts"]
     assert mount["name"] == claim["metadata"]["name"]
