@@ -303,6 +303,7 @@ def test_systemd_command_starts_a_node(tmp_path, started):
     example = dict(re.findall(r"^#?\s*(MEMKV_\w+)=(.*)$", UNIT_ENV.read_text(), re.M))
     assert set(example) <= NODE_ENV, sorted(set(example) - NODE_ENV)
     active = dict(re.findall(r"^(MEMKV_\w+)=(.*)$", UNIT_ENV.read_text(), re.M))
+    load_node_config({"data_dir": "/srv/memkv/nvme0"}, env={**active, "MEMKV_AUTH_KEY": "ab" * 32})  # valid values
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "auth-key").write_text(generate_auth_key() + "\n")
