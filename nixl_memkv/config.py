@@ -8,8 +8,8 @@ Client settings (`load_client_config`), highest precedence first:
 3. ``MEMKV_*`` environment variables;
 4. the defaults on `ClientConfig`.
 
-Note that the YAML file beats the environment. The product documents say
-"MEMKV_CONFIG yaml first, then MEMKV_* env vars", so a deployment's config
+Note that the YAML file beats the environment. The integration guides say
+"MEMKV_CONFIG yaml first, then MEMKV_* env vars" (docs/compatibility.md), so a deployment's config
 file stays authoritative over whatever a container image happens to export.
 
 Node settings (`load_node_config`) use the same order: CLI flags, then the

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """LMCache with MemKV vs LMCache's own tiers, one run, same workload.
 
-The seed's workload shape: a prompt of 64 chunks x 256 tokens of a model
-whose KV is 4 MiB per chunk (bf16, 8 layers x 512 hidden), driven through
-LMCache's real cache engine on the CPU (tests/lmcache_harness.py). Tiers:
+The workload: a prompt of 64 chunks x 256 tokens (256 is the vLLM guide's
+chunk_size, docs/compatibility.md) of a model whose KV is 4 MiB per chunk
+(bf16, 8 layers x 512 hidden), driven through LMCache's real cache engine on
+the CPU (tests/lmcache_harness.py). Tiers:
 
   local-cpu  LMCache's local CPU backend only: the floor
   memkv      + our storage plugin, one MemKV node on loopback
