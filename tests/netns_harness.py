@@ -19,7 +19,9 @@ import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 from typing import Callable, TypeVar
 
@@ -53,6 +55,12 @@ def remove_stale() -> list[str]:
     for ns in list_namespaces():
         m = _NAME.match(ns)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            # Nodes, clients and relays that run's SIGKILL left running in it.
+            for pid in _run("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             _run("ip", "netns", "delete", ns, check=False)
             removed.append(ns)
     return removed
@@ -100,7 +108,8 @@ class Network:
         self.hosts: dict[str, str] = {}   # host name -> address
         self._ports: dict[str, str] = {}  # host name -> switch-side veth
         self._namespaces: list[str] = []
-        self._netem: set[str] = set()
+        self._impaired: dict[str, subprocess.Popen | None] = {}  # host -> its relay (None: tc netem)
+        self._has_netem: bool | None = None
         try:
             self._add_ns(self.switch)
             self._sw("ip", "link", "add", "br0", "type", "bridge")
@@ -141,26 +150,73 @@ class Network:
     def exec_prefix(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(host)]
 
-    # -- faults, applied at the switch end of a host's link (and, for netem,
-    # -- also at the host end, so both directions suffer) --------------------
+    # -- faults, applied at the switch end of a host's link -------------------
     def link(self, host: str, up: bool) -> None:
         self._sw("ip", "link", "set", self._ports[host], "up" if up else "down")
 
-    def netem(self, host: str, *spec: str) -> None:
-        """`tc netem` on both ends of the host's link, e.g. ("delay", "2000ms")."""
-        verb = "change" if host in self._netem else "add"
-        self._sw("tc", "qdisc", verb, "dev", self._ports[host], "root", "netem", *spec)
-        _run("ip", "netns", "exec", self.ns(host), "tc", "qdisc", verb, "dev", "eth0", "root", "netem", *spec)
-        self._netem.add(host)
+    def netem_available(self) -> bool:
+        """Whether the kernel has sch_netem (probed once, on the switch's own lo)."""
+        if self._has_netem is None:
+            r = _run("ip", "netns", "exec", self.switch, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+                     "delay", "1ms", check=False)
+            self._has_netem = r.returncode == 0
+            if self._has_netem:
+                self._sw("tc", "qdisc", "del", "dev", "lo", "root")
+        return self._has_netem
 
-    def clear_netem(self, host: str) -> None:
-        if host in self._netem:
+    def impair(self, host: str, delay_ms: int = 0, loss_pct: int = 0) -> str:
+        """Delays and/or drops the host's frames both ways; returns how:
+        `tc netem` on both ends of its link, or, on a kernel without
+        sch_netem, tests/netem_relay.py spliced into the link at the switch."""
+        self.clear_impairment(host)
+        if self.netem_available():
+            spec = ["delay", f"{delay_ms}ms", "loss", f"{loss_pct}%"]
+            self._sw("tc", "qdisc", "add", "dev", self._ports[host], "root", "netem", *spec)
+            _run("ip", "netns", "exec", self.ns(host), "tc", "qdisc", "add", "dev", "eth0", "root", "netem", *spec)
+            self._impaired[host] = None
+            return "tc netem"
+        # The host's port leaves the bridge; a new veth pair joins the bridge
+        # in its place, and the relay carries frames between the two.
+        port = self._ports[host]
+        self._sw("ip", "link", "add", f"{port}r", "type", "veth", "peer", "name", f"{port}b")
+        self._sw("ip", "link", "set", port, "nomaster")
+        self._sw("ip", "link", "set", f"{port}b", "master", "br0")
+        self._sw("ip", "link", "set", f"{port}b", "up")
+        self._sw("ip", "link", "set", f"{port}r", "up")
+        relay = subprocess.Popen(["ip", "netns", "exec", self.switch, sys.executable,
+                                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "netem_relay.py"),
+                                  port, f"{port}r", "--delay-ms", str(delay_ms), "--loss-pct", str(loss_pct)],
+                                 stdout=subprocess.PIPE, text=True)
+        self._impaired[host] = relay
+        if relay.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"netem_relay.py between {port} and {port}r did not start ({relay.poll()})")
+        return "netem_relay.py (kernel without sch_netem)"
+
+    def clear_impairment(self, host: str) -> None:
+        if host not in self._impaired:
+            return
+        relay = self._impaired.pop(host)
+        if relay is None:
             self._sw("tc", "qdisc", "del", "dev", self._ports[host], "root")
             _run("ip", "netns", "exec", self.ns(host), "tc", "qdisc", "del", "dev", "eth0", "root")
-            self._netem.discard(host)
+            return
+        relay.terminate()
+        try:
+            relay.wait(10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
+        port = self._ports[host]
+        self._sw("ip", "link", "del", f"{port}r")  # its peer goes with it
+        self._sw("ip", "link", "set", port, "master", "br0")
 
     def close(self) -> None:
         """Deletes every namespace this network made (their veths go with them)."""
+        for relay in self._impaired.values():
+            if relay is not None and relay.poll() is None:
+                relay.kill()
+                relay.wait()
+        self._impaired.clear()
         for ns in reversed(self._namespaces):
             _run("ip", "netns", "delete", ns, check=False)
         self._namespaces.clear()
