@@ -46,8 +46,8 @@ def main() -> int:
                 print(f"FAILED: {exc}", file=sys.stderr)
                 return 1
         for t in timings:
-            # Counts of ok/failed under loss vary by round; group them by phase and client only.
-            what = t.what.split(" (")[0] if t.phase.startswith("loss") else t.what
+            # The parenthesised detail (counts, hits, import time) varies by round.
+            what = t.what.split(" (")[0]
             rows.setdefault((t.phase, what, t.client), []).append(t.seconds)
             bounds[(t.phase, what, t.client)] = t.bound
     if args.rounds > 1:

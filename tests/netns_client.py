@@ -70,6 +70,20 @@ class Driver:
             return ["miss" if v is None else ("ok" if v == value_for(k, size) else "wrong") for k, v in zip(keys, got)]
         return self._timed(run)
 
+    def mixed(self, slow_key: str, keys: list[str], size: int) -> dict:
+        """A get of `slow_key` (on the cut node) on another thread, and gets
+        of `keys` here meanwhile: the slow node must not hold up the others."""
+        done: dict = {}
+        t = threading.Thread(target=lambda: done.update(self._timed(lambda: self.client.get(slow_key))))
+        t.start()
+        others = []
+        while t.is_alive() or not others:
+            others += [self._timed(lambda k=k: "ok" if self.client.get(k) == value_for(k, size) else "wrong")
+                       for k in keys]
+        t.join()
+        return {"slow": {k: v for k, v in done.items() if k != "result"} | {"hit": "result" in done},
+                "others": others}
+
     # -- NIXL agent with the MEMKV backend ----------------------------------------
     def nixl_setup(self, hashes: list[int], block: int, params: dict) -> dict:
         import nixl_helpers as NH  # sets NIXL_PLUGIN_DIR before the first agent
@@ -109,7 +123,14 @@ class Driver:
         tokens, _ = self.engine.store_prompt(seed, ntokens)
         plugin = self.engine.plugin
         routes = [plugin._client.server_for(plugin._key(k)) for k in self.engine.keys(tokens)]
-        return {"s": time.monotonic() - t0, "routes": routes, "chunk": LH.CHUNK}
+        return {"s": time.monotonic() - t0, "routes": routes, "chunk": LH.CHUNK, "stats": plugin.stats()}
+
+    def lm_routes(self, seed: int, ntokens: int) -> dict:
+        """The node each chunk of prompt `seed` routes to (nothing stored)."""
+        import lmcache_harness as LH
+        plugin = self.engine.plugin
+        keys = self.engine.keys(LH.tokens_for(seed, ntokens))
+        return {"routes": [plugin._client.server_for(plugin._key(k)) for k in keys]}
 
     def lm_read(self, seed: int, ntokens: int) -> dict:
         import torch
