@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 
@@ -31,6 +32,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=1, help="run the scenario this many times (default 1)")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C: nodes, clients and namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"client timeouts: connect_timeout_ms={netns_scenario.CONNECT_MS} op_timeout_ms={netns_scenario.OP_MS}; "
           f"bounds: stale {netns_scenario.STALE_BOUND_S:.2f} s, new connection {netns_scenario.FRESH_BOUND_S:.2f} s, "
           f"lossy {netns_scenario.LOSSY_BOUND_S:.2f} s, normal {netns_scenario.NORMAL_S:.2f} s")

@@ -114,10 +114,7 @@ class Network:
             self._add_ns(self.switch)
             self._sw("ip", "link", "add", "br0", "type", "bridge")
             self._sw("ip", "link", "set", "br0", "up")
-        except subprocess.SubprocessError as exc:
-            self.close()
-            raise NetnsUnavailable(f"cannot create test network namespaces: {exc}") from exc
-        except RuntimeError as exc:
+        except (subprocess.SubprocessError, RuntimeError) as exc:
             self.close()
             raise NetnsUnavailable(f"cannot create test network namespaces: {exc}") from exc
 

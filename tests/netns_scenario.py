@@ -219,7 +219,8 @@ def _scenario(cl: Cluster, note, log) -> None:
     routes = [cl.by_address[s] for s in c0.call("route", 10, keys=KEYS)["servers"]]
     assert c1.call("route", 10, keys=KEYS)["servers"] == c0.call("route", 10, keys=KEYS)["servers"]
     on = {n: [k for k, r in zip(KEYS, routes) if r == n] for n in cl.NODES}
-    assert all(len(on[n]) >= 4 for n in cl.NODES), f"keys do not spread over the nodes: { {n: len(v) for n, v in on.items()} }"
+    spread = {n: len(v) for n, v in on.items()}
+    assert min(spread.values()) >= 5, f"keys do not spread over the nodes: {spread}"
     others = on["A"] + on["C"]
 
     # -- 1. healthy: both clients write (half each) and read everything back --------

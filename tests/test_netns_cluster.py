@@ -29,7 +29,8 @@ def test_partitioned_node_fails_fast_and_rejoins(tmp_path):
     phases = {t.phase for t in timings}
     assert {"healthy", "cut", "healed", "delay 2s", "loss 40%"} <= phases
     # Nothing of this run is left behind.
-    assert [ns for ns in netns_harness.list_namespaces() if ns.startswith(f"{netns_harness.PREFIX}{os.getpid()}-")] == []
+    mine = f"{netns_harness.PREFIX}{os.getpid()}-"
+    assert [ns for ns in netns_harness.list_namespaces() if ns.startswith(mine)] == []
 
 
 def test_stale_namespaces_of_a_crashed_run_are_removed():
