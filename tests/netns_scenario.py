@@ -332,7 +332,9 @@ def _scenario(cl: Cluster, note, log) -> None:
     on_b = [cl.by_address[s] for s in st["routes"]].count("B")
     failed, stored = (st["stats"].get(k, 0) - before.get(k, 0) for k in ("put_failed", "put_stored"))
     assert (failed, stored) == (on_b, LM_CHUNKS - on_b), (st["stats"], before, st["routes"])
-    note("cut", f"LMCache store, new prompt ({on_b} of {LM_CHUNKS} chunks on B fail)", "c1", st["s"], STALE_BOUND_S)
+    # The plugin asks which chunks are missing, then writes them: two connects to B.
+    note("cut", f"LMCache store, new prompt ({on_b} of {LM_CHUNKS} chunks on B fail)", "c1", st["s"],
+         2 * CONNECT_MS / 1000 + SLACK_S)
 
     # -- 3. heal: B rejoins, the same client processes reach it again ------------------
     _heal(cl, "link up", lambda: net.link("B", True), b_keys, note)
