@@ -1,12 +1,12 @@
 # shellcheck shell=bash
 # Sourced by scripts/demo.sh, demo-vllm.sh and test.sh: the Debian packages the
-# native build needs (OpenSSL headers; the verbs header for the RDMA
-# transport). Installed when missing and we may (root with apt-get);
-# otherwise the build says what it lacks (without the verbs header it builds
-# the TCP transport only).
+# native build and tests need (OpenSSL headers; the verbs header for the RDMA
+# transport; iproute2 for the netns cluster test). Installed when missing
+# and we may (root with apt-get); otherwise the build says what it lacks
+# (without the verbs header it builds the TCP transport only).
 ensure_build_debs() {
   local need=() p
-  for p in libssl-dev libibverbs-dev; do
+  for p in libssl-dev libibverbs-dev iproute2; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   [ ${#need[@]} -eq 0 ] && return 0
