@@ -290,8 +290,9 @@ def run_peers(client: Client, peers: list[str], size_list: list[int], seconds: f
               prefix: str, progress, task) -> tuple[list[dict], dict[str, str]]:
     """MemKV and every peer through measure_store, each row paired with a
     raw-socket sample taken just before it."""
-    from .bench_peers import start_peer
+    from .bench_peers import quiet_logs, start_peer
 
+    quiet_logs()
     rows, failed = [], {}
     big = max(size_list)
     value = np.random.default_rng(3).integers(0, 256, big, dtype=np.uint8)

@@ -251,9 +251,6 @@ class MooncakePeer:
     other stores."""
 
     def __init__(self, max_bytes: int):
-        # Mooncake logs through glog to stderr, INFO up, into the bench's
-        # table: only fatal errors, unless the user asked for more.
-        os.environ.setdefault("GLOG_minloglevel", "3")
         import mooncake.store as ms
 
         rpc, meta = _free_port(), _free_port()
@@ -327,6 +324,14 @@ class MooncakePeer:
             self._store.close()
         finally:
             self._close_procs()
+
+
+def quiet_logs() -> None:
+    """Mooncake and LMCache log INFO lines to stderr, through the bench's
+    tables: errors and warnings only, unless the user set a level. Before
+    either is imported (LMCache's own imports can load Mooncake)."""
+    os.environ.setdefault("MC_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("LMCACHE_LOG_LEVEL", "WARNING")
 
 
 def start_peer(name: str, max_bytes: int):
