@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -248,16 +249,19 @@ class MooncakePeer:
     """Mooncake Store on its TCP transport: a master (with its HTTP metadata
     server) and one process contributing the store's memory; this client
     contributes none, so every put and get crosses a socket, as with the
-    other stores."""
+    other stores. Mooncake's transfer engine picks a non-loopback interface
+    and listens on all of them (it has no option to bind loopback only, and
+    does not start where lo is the only interface)."""
 
     def __init__(self, max_bytes: int):
         import mooncake.store as ms
 
-        rpc, meta = _free_port(), _free_port()
+        rpc, meta, metrics = _free_port(), _free_port(), _free_port()
         master = _mooncake_master()
         self._procs = [subprocess.Popen(
             [master, f"--rpc_port={rpc}", "--rpc_address=127.0.0.1", "--enable_http_metadata_server=true",
              "--http_metadata_server_host=127.0.0.1", f"--http_metadata_server_port={meta}",
+             "--metrics_host=127.0.0.1", f"--metrics_port={metrics}",  # else a fixed :9003 on every interface
              "--default_kv_lease_ttl=1000"],  # ms a key stays leased after a get (default 5 s)
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         meta_url, master_addr = f"http://127.0.0.1:{meta}/metadata", f"127.0.0.1:{rpc}"
@@ -268,7 +272,8 @@ class MooncakePeer:
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True)
             self._procs.append(holder)
-            line = holder.stdout.readline().strip()
+            ready, _, _ = select.select([holder.stdout], [], [], 120)
+            line = holder.stdout.readline().strip() if ready else "no answer within 120 s"
             if line != "ready":
                 raise RuntimeError(f"Mooncake's store process did not start: {line or 'it exited'}")
             self._store = ms.MooncakeDistributedStore()
