@@ -36,7 +36,7 @@ def plot(doc: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     sizes, series, raw = _series(doc)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     width = 0.8 / max(1, len(series))
     top = max([raw] + [v for by_size in series.values() for pair in by_size.values() for v in pair]) * 1.2
     for ax, which, label in ((axes[0], 0, "put of new keys"), (axes[1], 1, "get")):
@@ -51,8 +51,9 @@ def plot(doc: dict, path: str) -> None:
         ax.set_title(label + " (1 client thread)")
         ax.set_ylim(0, top or 1.0)
     axes[0].set_ylabel("GB/s (labels: ratio of the raw socket line)")
-    axes[0].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     fig.suptitle(f"memkv bench, {doc['node']} node", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the panels
     fig.savefig(path, dpi=90)
     plt.close(fig)
