@@ -345,7 +345,7 @@ def plugin_install(nixl_dir) -> None:
 @click.option("--new-keys", default="1GiB", show_default=True, help="Bytes of new keys each put-of-new-keys row "
                                                                    "writes (and deletes).")
 @click.option("--peers", default="auto", show_default=True,
-              help="Other stores run through the same loop beside MemKV, each started on 127.0.0.1 and stopped: "
+              help="Other stores run through the same loop beside MemKV, each started here on free ports and stopped: "
                    "redis,lm,mooncake | all | none | auto (those installed; none with --servers).")
 @click.option("--plot", "plot_path", help="Draw the figures, with the raw-socket ceiling, into this PNG (matplotlib).")
 def bench(servers, sizes, threads, seconds, exists_keys, json_path, dram_only, new_keys, peers, plot_path) -> None:
