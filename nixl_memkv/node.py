@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ import uuid
 
 from . import __version__
 from ._node import NativeNode, install_native_logging
-from .config import NodeConfig, format_size, resolve_disk_capacity
+from .config import NodeConfig, dram_capacity_warning, format_size, resolve_disk_capacity
 from .errors import ConfigError, MemKVError
 from .tenants import load_tenants, native_specs
 
@@ -47,6 +48,8 @@ def _raise_fd_limit(max_connections: int) -> None:
 class MemKVNode:
     def __init__(self, cfg: NodeConfig, *, admin: bool = True):
         self.cfg = cfg
+        # A node that fails to start removes the data dir it made (and only that).
+        self._made_data_dir = _first_missing_dir(cfg.data_dir)
         os.makedirs(cfg.data_dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(cfg.data_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -55,6 +58,13 @@ class MemKVNode:
             os.close(self._lock_fd)
             raise ConfigError(f"data dir {cfg.data_dir} is in use by another MemKV node; give each node its own "
                               "--data-dir") from None
+        try:
+            self._open(cfg, admin)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _open(self, cfg: NodeConfig, admin: bool) -> None:
         self.node_id = cfg.node_id or self._persistent_id()
         self.disk_capacity = resolve_disk_capacity(cfg)
         self._native = NativeNode(
@@ -73,6 +83,16 @@ class MemKVNode:
         self._serving = False
         self._stop_lock = threading.Lock()
         self._stopped = False
+
+    def _abandon(self) -> None:
+        """After a failed start: drop the native node, release the lock and
+        remove the data dir if this start created it."""
+        self._native = None  # its destructor closes the shard files
+        self._stopped = True  # a later stop() has nothing to do
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        if self._made_data_dir:
+            shutil.rmtree(self._made_data_dir, ignore_errors=True)
 
     def _persistent_id(self) -> str:
         path = os.path.join(self.cfg.data_dir, "node_id")
@@ -121,7 +141,14 @@ class MemKVNode:
     def start(self) -> "MemKVNode":
         install_native_logging()
         _raise_fd_limit(self.cfg.max_connections)
-        self._native.start()
+        warning = dram_capacity_warning(self.cfg)
+        if warning:
+            log.warning("%s", warning)
+        try:
+            self._native.start()
+        except BaseException:
+            self._abandon()
+            raise
         self.started_at = time.time()
         if self._admin_enabled:
             from .admin import AdminAccess, AdminServer
@@ -131,7 +158,12 @@ class MemKVNode:
             access = AdminAccess(self.cfg.admin_auth, self.cfg.auth_key,
                                  lambda: {name: t.auth_key for name, t in self.tenants.items()})
             self.admin = AdminServer(self.cfg.host, admin_port, self.status, lambda: self._serving, access)
-            self.admin.start()
+            try:
+                self.admin.start()
+            except BaseException:
+                self._native.stop()
+                self._abandon()
+                raise
         self._serving = True
         log.info("index loaded from shards in %d ms (O_DIRECT %s)", self._native.startup_ms,
                  "on" if self._native.direct_io else "off")
@@ -211,6 +243,20 @@ class MemKVNode:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _first_missing_dir(path: str) -> str | None:
+    """The outermost directory of `path` that does not exist yet (what
+    makedirs would create), or None."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def run_node(cfg: NodeConfig) -> int:
