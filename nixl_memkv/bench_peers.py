@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from .errors import ConfigError
+from .ports import free_port
 
 PEERS = ("redis", "lm", "mooncake")
 HOW_TO_INSTALL = {
@@ -30,13 +31,7 @@ HOW_TO_INSTALL = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -104,12 +99,12 @@ class RedisPeer:
         import redis
 
         binary = _redis_binary()
-        port = _free_port()
+        port = free_port(span=1)
         self._procs = [subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                          "--appendonly", "no", "--protected-mode", "no"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         try:
-            _wait_port(port, self._procs[0], os.path.basename(binary))
+            wait_port(port, self._procs[0], os.path.basename(binary))
             self._r = redis.Redis(host="127.0.0.1", port=port)
             info = self._r.info("server")
         except BaseException:
@@ -161,12 +156,12 @@ class LMServerPeer:
         self._key_type, self._fmt, self._u8 = CacheEngineKey, MemoryFormat.BINARY, torch.uint8
         self._cmd, self._msg, self._reply, self._ok = ClientCommand, ClientMetaMessage, ServerMetaMessage, \
             ServerReturnCode.SUCCESS
-        port = _free_port()
+        port = free_port(span=1)
         env = dict(os.environ, LMCACHE_TRACK_USAGE="false")
         self._procs = [subprocess.Popen([sys.executable, "-m", "lmcache.v1.server", "127.0.0.1", str(port), "cpu"],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         try:
-            _wait_port(port, self._procs[0], "LMCache's lm:// server", timeout=120)
+            wait_port(port, self._procs[0], "LMCache's lm:// server", timeout=120)
             self._sock = socket.create_connection(("127.0.0.1", port))
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
@@ -256,7 +251,7 @@ class MooncakePeer:
     def __init__(self, max_bytes: int):
         import mooncake.store as ms
 
-        rpc, meta, metrics = _free_port(), _free_port(), _free_port()
+        rpc, meta, metrics = free_port(span=1), free_port(span=1), free_port(span=1)
         master = _mooncake_master()
         self._procs = [subprocess.Popen(
             [master, f"--rpc_port={rpc}", "--rpc_address=127.0.0.1", "--enable_http_metadata_server=true",
@@ -266,7 +261,7 @@ class MooncakePeer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         meta_url, master_addr = f"http://127.0.0.1:{meta}/metadata", f"127.0.0.1:{rpc}"
         try:
-            _wait_port(rpc, self._procs[0], "mooncake_master")
+            wait_port(rpc, self._procs[0], "mooncake_master")
             segment = max(256 << 20, max_bytes + max_bytes // 4)
             holder = subprocess.Popen([sys.executable, "-c", _MOONCAKE_HOLDER, meta_url, str(segment), master_addr],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
