@@ -181,12 +181,17 @@ uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHead
     ++checksum_failures_;
     return kChecksumMismatch;
   }
-  // A put that waited long for DRAM may have been given up on by its client
-  // (timed out and closed). Publishing it now could overwrite a newer value
-  // or undo a delete the client made since: drop it instead.
-  struct pollfd pfd {s.sock().fd(), POLLRDHUP, 0};
-  if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) return kShuttingDown;
-  return status_of(store_->commit(key, std::move(in.value), crc, std::move(in.reservation)));
+  // A put that waited long (for DRAM, or behind durable writes of its
+  // batch) may have been given up on by its client (timed out and closed).
+  // Publishing it now could overwrite a newer value or undo a delete the
+  // client made since: drop it instead. Asked under the store's lock, so a
+  // newer put the client sent after closing cannot slip in between.
+  const int fd = s.sock().fd();
+  auto still_wanted = [fd] {
+    struct pollfd pfd {fd, POLLRDHUP, 0};
+    return !(::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)));
+  };
+  return status_of(store_->commit(key, std::move(in.value), crc, std::move(in.reservation), still_wanted));
 }
 
 void Node::handle(Session& s, ConnState& conn, const FrameHeader& h, const std::vector<uint8_t>& meta) {
