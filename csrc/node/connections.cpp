@@ -222,7 +222,7 @@ void ConnectionLoop::park(Connection& c, bool add) {
   struct epoll_event ev {};
   ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
   ev.data.ptr = &c;
-  c.parked = true;
+  c.parked.store(true, std::memory_order_release);
   // From here another worker may own c: do not touch it after a success.
   if (epoll_ctl(epoll_fd_, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, c.fd(), &ev) != 0) {
     c.parked = false;
@@ -249,7 +249,9 @@ void ConnectionLoop::close(Connection& c, const std::string& why) {
 }
 
 void ConnectionLoop::on_event(Connection* c, uint32_t events) {
-  c->parked = false;
+  // Acquires what the worker that parked it wrote (epoll carries the event,
+  // but the memory model, and TSan, need the release/acquire pair).
+  c->parked.exchange(false, std::memory_order_acq_rel);
   if (c->stalled) {  // the sweep counted it and said so
     log(LogLevel::Debug, "dropped " + c->peer() + ": stalled mid-message");
     close(*c);
