@@ -67,7 +67,7 @@ for kind in "${kinds[@]}"; do
             --deselect tests/test_s3_door.py::test_bench_s3_short_run) ;;
     thread)
       runtime="$(gcc -print-file-name=libtsan.so) $cxx"
-      export TSAN_OPTIONS="log_path=$reports/tsan:second_deadlock_stack=1:report_signal_unsafe=0"
+      export TSAN_OPTIONS="log_path=$reports/tsan:second_deadlock_stack=1:report_signal_unsafe=0:suppressions=$root/scripts/tsan.supp"
       unset ASAN_OPTIONS UBSAN_OPTIONS
       skip=() ;;
   esac
