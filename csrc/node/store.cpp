@@ -343,6 +343,10 @@ PutResult Store::commit(const std::string& key, ValuePtr v, uint32_t crc, Reserv
   uint64_t charged = r.bytes_;
   r.store_ = nullptr;  // the entry owns the charge now
   publish_locked(key, std::move(v), crc, charged, &version);
+  // A put waiting for DRAM may find room now: a value published without a
+  // disk tier is clean at once, so it can be evicted for the waiter (with a
+  // disk tier the flusher wakes waiters once it is written).
+  if (space_waiters_ > 0 && !files_) space_cv_.notify_all();
   if (cfg_.fsync != FsyncMode::Always || !files_) return PutResult::Ok;
   durable_results_[version] = -1;  // pending: the flusher reports here
   for (;;) {
