@@ -301,6 +301,56 @@ void store_files() {
   fuzz::remove_tree(tmp);
 }
 
+// The atheris targets: a chunk header as memkv_lmcache/chunk_header.py
+// writes it (magic, version, ngroups, header_len, payload_len, the format
+// name, per group a dtype name, ndim and dims, padded to 64 bytes), and
+// requests to the admin port.
+void python_targets() {
+  auto name = [](Output& o, const std::string& s) { o.u8(static_cast<uint8_t>(s.size())).bytes(s.data(), s.size()); };
+  Output body;
+  name(body, "KV_2LTD");
+  name(body, "bfloat16");
+  body.u8(4).u64(2).u64(32).u64(256).u64(128);
+  size_t header_len = (16 + body.data().size() + 63) / 64 * 64;
+  uint64_t payload = 2ull * 32 * 256 * 128 * 2;
+  Output h;
+  h.bytes("MKLC", 4).u8(1).u8(1).u16(static_cast<uint16_t>(header_len)).u64(payload).bytes(body.data());
+  std::vector<uint8_t> header = h.data();
+  header.resize(header_len, 0);
+  seed("chunk_header", "kv-2ltd-bf16", header);
+  std::vector<uint8_t> with_payload = header;
+  with_payload.resize(header.size() + 64, 0x5a);
+  seed("chunk_header", "header-and-payload-start", with_payload);
+
+  seed("admin", "metrics", "GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n");
+  seed("admin", "status-keepalive",
+       "GET /v1/status HTTP/1.1\r\nHost: node\r\n\r\nGET /v1/health?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  seed("admin", "not-found", "POST /nope HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+}
+
+// Inputs that once failed (fixed since): kept as seeds so every run retries them.
+void regressions() {
+  // A record header declaring a value of 2^64 - 100 bytes (its CRC fixed up by flag 2).
+  std::vector<uint8_t> h(4096, 0);
+  std::memcpy(h.data(), "MKVREC01", 8);
+  Output fields;
+  fields.u32(1).u32(5).u64(~0ull - 99).u32(0).u32(0).u64(1);
+  std::memcpy(h.data() + 8, fields.data().data(), fields.data().size());
+  std::memcpy(h.data() + 40, "alpha", 5);
+  seed("shard_record", "regression-size-overflow", Output().u8(1 | 2).str("").bytes(h).data());
+  // An index snapshot naming one key twice (its CRC fixed up by flag 1).
+  Output snap;
+  snap.bytes("MKVIDX01", 8).u64(2);
+  for (int i = 0; i < 2; ++i) snap.str("k1").u64(100).u32(0).u64(1);
+  snap.u32(0);
+  seed("snapshot", "regression-duplicate-key", Output().u8(1).bytes(snap.data()).data());
+  seed("snapshot", "regression-duplicate-key-small-disk", Output().u8(1 | 2).bytes(snap.data()).data());
+  // A request line with no method.
+  seed("http", "regression-empty-method", " /b/k HTTP/1.1\r\nHost: h\r\n\r\n");
+  // A request line naming a version http.server rejects (its 400 once came without a status line).
+  seed("admin", "regression-bad-version", "GET /metrics THTP/0.1\r\nHost: x\r\n\r\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -317,5 +367,7 @@ int main(int argc, char** argv) {
   http();
   sigv4();
   store_files();
+  python_targets();
+  regressions();
   return 0;
 }
