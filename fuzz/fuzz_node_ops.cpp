@@ -9,6 +9,7 @@
 // cluster key), then requests, each: kind u8 (0 sealed: op, meta piece,
 // count u8, value pieces; 1 plain: op, flags, meta piece, data piece).
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <thread>
 
@@ -125,6 +126,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const Error&) {
   }
   writer.join();
+  s.reset();
+  // The node's side of this connection ends on its own thread: wait for it,
+  // so that inputs do not overlap (and coverage is this input's).
+  for (int i = 0; i < 2000 && node().stats().connections != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   StoreStats st = node().store().stats();
   if (st.dram_used > st.dram_capacity) {
     std::fprintf(stderr, "DRAM accounting: %llu bytes used of %llu\n", static_cast<unsigned long long>(st.dram_used),

@@ -14,18 +14,20 @@
 # out of memory or had a sanitizer report; 2 for a usage or build error.
 #
 # usage: scripts/fuzz.sh [--time SECONDS] [--targets a,b,...] [--ci] [--seeds]
-#                        [--corpus-from DIR] [--python PYTHON]
+#                        [--corpus-from DIR] [--python PYTHON] [--hang-timeout S]
 #   --time N        seconds per target (default 60)
 #   --targets LIST  a subset (names: fuzz/*.cpp and fuzz/python/*.py without fuzz_)
 #   --ci            the short CI build (tests/test_fuzz.py)
 #   --seeds         rewrite fuzz/corpus/ with fuzz/make_seeds first
 #   --corpus-from D seed every target from D/T/ instead of fuzz/corpus/T/
 #   --python P      the interpreter with atheris for the Python targets (default python3)
+#   --hang-timeout S  one input running S seconds is a hang (default 10)
+#   (fuzz/fuzz_canary.cpp fails on purpose: tests/test_fuzz.py runs it by name)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-time_s=60 ci=0 reseed=0 targets="" corpus_from="$root/fuzz/corpus" python=${PYTHON:-python3}
+time_s=60 hang_s=10 ci=0 reseed=0 targets="" corpus_from="$root/fuzz/corpus" python=${PYTHON:-python3}
 while [ $# -gt 0 ]; do
   case "$1" in
     --time) time_s=$2; shift 2 ;;
@@ -34,10 +36,13 @@ while [ $# -gt 0 ]; do
     --seeds) reseed=1; shift ;;
     --corpus-from) corpus_from=$(cd "$2" && pwd); shift 2 ;;
     --python) python=$2; shift 2 ;;
+    --hang-timeout) hang_s=$2; shift 2 ;;
     *) echo "fuzz.sh: unknown argument '$1' (see the usage at the top of scripts/fuzz.sh)" >&2; exit 2 ;;
   esac
 done
-case "$time_s" in '' | *[!0-9]*) echo "fuzz.sh: --time wants whole seconds, not '$time_s'" >&2; exit 2 ;; esac
+for n in "$time_s" "$hang_s"; do
+  case "$n" in '' | *[!0-9]*) echo "fuzz.sh: --time and --hang-timeout want whole seconds, not '$n'" >&2; exit 2 ;; esac
+done
 
 native=(handshake frame seal node_ops parts http sigv4 shard_record snapshot)
 py=(chunk_header admin)
@@ -96,7 +101,7 @@ trap 'rm -rf "$scratch"' EXIT
 # -timeout: one input running this long is a hang. -malloc_limit_mb: a single
 # allocation this large (a length the input declared, allocated before it was
 # checked) is a failure, as is a process over -rss_limit_mb.
-common=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1 -max_total_time="$time_s")
+common=(-timeout="$hang_s" -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1 -max_total_time="$time_s")
 failures=0 total_execs=0
 printf '%-13s %10s %8s %7s %7s %7s %6s %9s\n' target execs exec/s cov ft crashes hangs sanitizer
 for t in "${selected[@]}"; do
@@ -107,6 +112,10 @@ for t in "${selected[@]}"; do
   if [ -f "fuzz/fuzz_$t.cpp" ]; then
     cmd=("$build/fuzz_$t")
     extra=(-max_len=12288)  # a shard record is a 4 KiB header and its value
+    # The node's connection threads end after the client's input does, with
+    # OpenSSL's per-thread state freed at thread exit: a per-input leak check
+    # sees that in flight. Leaks there are caught at exit, after Node::stop.
+    [ "$t" = node_ops ] && extra+=(-detect_leaks=0)
   else
     cmd=("$python" "fuzz/python/fuzz_$t.py")
     extra=(-max_len=4096)
