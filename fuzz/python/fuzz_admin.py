@@ -26,8 +26,16 @@ def _load(name: str, relpath: str):
     return module
 
 
-AdminServer = _load("memkv_fuzzed_admin", "nixl_memkv/admin.py").AdminServer
-atheris.instrument_all()  # coverage of what is loaded: admin.py, http.server, prometheus_client
+# Coverage of the request parsing (http.server) and the rendering
+# (prometheus_client) as they are imported, and of admin.py's functions,
+# the handler class nested in AdminServer.__init__ included.
+with atheris.instrument_imports(include=["http.server", "prometheus_client"]):
+    import http.server  # noqa: F401
+    import prometheus_client  # noqa: F401
+_admin = _load("memkv_fuzzed_admin", "nixl_memkv/admin.py")
+for _f in (_admin.AdminServer.__init__, _admin._NodeCollector.collect, _admin._tenant_metrics):
+    atheris.instrument_func(_f)
+AdminServer = _admin.AdminServer
 
 _TENANT = {"ops": 3, "bytes_in": 10, "bytes_out": 20, "hits": 1, "misses": 2, "over_quota": 0, "keys": 1,
            "dram_bytes_used": 5, "disk_bytes_used": 0, "dram_quota_bytes": 0, "disk_quota_bytes": 0,
