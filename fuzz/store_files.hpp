@@ -62,8 +62,6 @@ inline void open_read_empty(const std::string& dir, uint64_t disk_capacity, bool
   bool truncated = false;
   auto listed = store.list("", "", 1000, &truncated);
   StoreStats st = store.stats();
-  static const bool debug = std::getenv("MEMKV_FUZZ_DEBUG") != nullptr;
-  if (debug) std::fprintf(stderr, "store: %zu keys listed, %llu disk bytes\n", listed.size(), (unsigned long long)st.disk_used);
   if (st.disk_used > disk_capacity) bad_store("disk use above capacity after the rebuild");
   for (const auto& l : listed) {
     uint32_t crc = 0;
