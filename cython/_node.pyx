@@ -76,6 +76,7 @@ cdef extern from "../csrc/node/server.hpp" namespace "memkv":
         uint64_t op_errors[49]
         uint64_t bytes_in, bytes_out, hits, misses
         uint64_t connections, connections_total, auth_failures, protocol_errors, rejected_connections
+        uint64_t stalled_connections, worker_threads
         uint64_t checksum_failures
         uint64_t rdma_connections, rdma_bytes_in, rdma_bytes_out, rdma_node_checksummed
         DoorStats s3
@@ -251,6 +252,7 @@ cdef class NativeNode:
             "connections": s.connections, "connections_total": s.connections_total,
             "auth_failures": s.auth_failures, "protocol_errors": s.protocol_errors,
             "rejected_connections": s.rejected_connections, "checksum_failures": s.checksum_failures,
+            "stalled_connections": s.stalled_connections, "worker_threads": s.worker_threads,
             "rdma_connections": s.rdma_connections, "rdma_bytes_in": s.rdma_bytes_in,
             "rdma_bytes_out": s.rdma_bytes_out,
             "rdma_node_checksummed": s.rdma_node_checksummed,

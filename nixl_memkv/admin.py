@@ -1,9 +1,18 @@
 """The node's HTTP admin port: /v1/health, /v1/status (JSON) and /metrics
 (Prometheus text via prometheus-client, read from the native counters at
-scrape time)."""
+scrape time).
+
+Who may read /v1/status (`admin_auth`): health checks and Prometheus need no
+credentials, so /v1/health and /metrics are open. /v1/status names tenants
+and their usage, so in the default mode `local` a request from another host
+must carry the cluster key, or a tenant's key (which shows that tenant only),
+as `Authorization: Bearer <64 hex>`; requests from the node's own host
+(loopback) need none. `key` asks every request for a key, `none` asks none."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +57,11 @@ class _NodeCollector:
         ev.add_metric(["disk"], s["evictions"]["disk"])
         yield ev
         yield g("memkv_connections", "Open client connections", value=s["connections"])
+        yield c("memkv_rejected_connections", "Connections refused at the connection limit (--max-connections)",
+                value=s["rejected_connections"])
+        yield c("memkv_stalled_connections", "Connections dropped for a partial message that stopped arriving",
+                value=s["stalled_connections"])
+        yield g("memkv_worker_threads", "Threads serving the data port", value=s["worker_threads"])
         yield c("memkv_auth_failures", "Connections rejected by authentication", value=s["auth_failures"])
         yield c("memkv_protocol_errors", "Connections closed for a protocol violation", value=s["protocol_errors"])
         yield c("memkv_checksum_failures", "Values rejected for a checksum mismatch in transit",
@@ -95,10 +109,62 @@ def _tenant_metrics(tenants: dict):
     yield from (ops, rx, tx, hits, misses, refused, keys, used, quota, ev)
 
 
+class AdminAccess:
+    """Decides what a /v1/status request may see (see the module docstring)."""
+
+    def __init__(self, mode: str, cluster_key: bytes, tenant_keys: Callable[[], dict[str, bytes]]):
+        self.mode = mode
+        self._cluster_key = cluster_key
+        self._tenant_keys = tenant_keys
+
+    def scope(self, client_ip: str, authorization: str | None) -> tuple[str | None, str]:
+        """("node", "") for the whole status, (tenant name, "") for one
+        tenant's, or (None, why) when the request is refused."""
+        token = None
+        if authorization:
+            kind, _, value = authorization.partition(" ")
+            if kind.lower() == "bearer":
+                token = value.strip()
+        if token is not None:
+            try:
+                key = bytes.fromhex(token)
+            except ValueError:
+                key = b""
+            if hmac.compare_digest(key, self._cluster_key):
+                return "node", ""
+            for name, tkey in self._tenant_keys().items():
+                if hmac.compare_digest(key, tkey):
+                    return name, ""
+            return None, "the bearer token is neither the cluster auth key nor a tenant's key"
+        if self.mode == "none" or (self.mode == "local" and _is_loopback(client_ip)):
+            return "node", ""
+        return None, ("/v1/status needs a key: send `Authorization: Bearer <MEMKV_AUTH_KEY>` (the cluster key, or a "
+                      "tenant's key for that tenant's figures; `memkv status` sends MEMKV_AUTH_KEY), or start the "
+                      "node with --admin-auth none to open it")
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if a.version == 6 and a.ipv4_mapped:
+        a = a.ipv4_mapped
+    return a.is_loopback
+
+
+def _tenant_view(doc: dict, tenant: str) -> dict:
+    """The status a tenant's key may read: the node's figures, its own tenant entry only."""
+    out = dict(doc)
+    out["tenants"] = {k: v for k, v in (doc.get("tenants") or {}).items() if k == tenant}
+    return out
+
+
 class AdminServer:
     """Serves the admin endpoints on a background thread."""
 
-    def __init__(self, host: str, port: int, status: Callable[[], dict], healthy: Callable[[], bool]):
+    def __init__(self, host: str, port: int, status: Callable[[], dict], healthy: Callable[[], bool],
+                 access: AdminAccess):
         registry = CollectorRegistry()
         registry.register(_NodeCollector(status))
 
@@ -116,7 +182,14 @@ class AdminServer:
                     self._send(200 if ok else 503, "application/json",
                                json.dumps({"status": "ok" if ok else "stopping"}).encode())
                 elif path == "/v1/status":
-                    self._send(200, "application/json", json.dumps(status(), indent=2).encode())
+                    scope, why = access.scope(self.client_address[0], self.headers.get("Authorization"))
+                    if scope is None:
+                        self._send(401, "application/json", json.dumps({"error": why}).encode(),
+                                   {"WWW-Authenticate": 'Bearer realm="memkv-admin"'})
+                        return
+                    doc = status()
+                    self._send(200, "application/json",
+                               json.dumps(doc if scope == "node" else _tenant_view(doc, scope), indent=2).encode())
                 elif path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
                 else:
@@ -124,8 +197,10 @@ class AdminServer:
                                json.dumps({"error": "not found", "endpoints": ["/v1/health", "/v1/status",
                                                                              "/metrics"]}).encode())
 
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
+            def _send(self, code: int, ctype: str, body: bytes, headers: dict | None = None) -> None:
                 self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

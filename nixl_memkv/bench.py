@@ -1,6 +1,9 @@
 """`memkv bench`: put/get throughput per value size and thread count, batched
 exists, and the raw loopback socket limit measured in the same run; every
-figure is printed as a ratio of that limit."""
+figure is printed as a ratio of that limit. With peers (bench_peers), other
+stores run the same put/get loop beside MemKV in the same run. Everything
+the bench writes is deleted before it ends, so `--servers` leaves a real
+cluster as it found it."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from rich.table import Table
 
 from .client import Client
 from .config import ClientConfig, NodeConfig, format_size, load_client_config, parse_size
+from .errors import ConfigError
 from .node import MemKVNode
 
 TARGET_RATIO = 0.9  # 4 MiB put of new keys and get against the raw socket, one client thread
@@ -130,23 +134,30 @@ def _run_threads(n: int, fn) -> float:
 _round = [0]
 
 
-def measure_new_keys(client: Client, size: int, threads: int) -> float:
-    """Puts of keys never written before (what offload traffic is), 1 GiB in
-    all, then deletes them so later rows start from the same state."""
+def _remove_all(client: Client, keys: list[str]) -> None:
+    for i in range(0, len(keys), 4096):
+        client.batch_remove(keys[i:i + 4096])
+
+
+def measure_new_keys(client: Client, size: int, threads: int, prefix: str,
+                     new_bytes: int = NEW_KEYS_BYTES) -> float:
+    """Puts of keys never written before (what offload traffic is),
+    `new_bytes` in all, then deletes them so later rows start from the same
+    state."""
     _round[0] += 1
-    per_thread = max(4, NEW_KEYS_BYTES // size // threads)
+    per_thread = max(4, new_bytes // size // threads)
     value = np.random.default_rng(size + 1).integers(0, 256, size, dtype=np.uint8)
-    keys = [[f"bench/new/{_round[0]}/{size}/{t}/{i}" for i in range(per_thread)] for t in range(threads)]
+    keys = [[f"{prefix}/new/{_round[0]}/{size}/{t}/{i}" for i in range(per_thread)] for t in range(threads)]
 
     def put(t: int) -> int:
         for k in keys[t]:
             client.put(k, value)
         return per_thread * size
 
-    rate = _run_threads(threads, put) / 1e9
-    for t in range(threads):
-        client.batch_remove(keys[t])
-    return rate
+    try:
+        return _run_threads(threads, put) / 1e9
+    finally:
+        _remove_all(client, [k for ks in keys for k in ks])
 
 
 def node_rss_bytes() -> int:
@@ -158,11 +169,12 @@ def node_rss_bytes() -> int:
     return 0
 
 
-def measure(client: Client, size: int, threads: int, seconds: float) -> tuple[float, float]:
-    """Overwrites and gets of a fixed key set (warm in the node's memory)."""
+def measure(client: Client, size: int, threads: int, seconds: float, prefix: str) -> tuple[float, float]:
+    """Overwrites and gets of a fixed key set (warm in the node's memory),
+    deleted afterwards."""
     keys_per_thread = max(2, min(64, (64 << 20) // size))
     value = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
-    keys = [[f"bench/{size}/{t}/{i}" for i in range(keys_per_thread)] for t in range(threads)]
+    keys = [[f"{prefix}/{size}/{t}/{i}" for i in range(keys_per_thread)] for t in range(threads)]
     min_ops = max(8, keys_per_thread)
 
     def put(t: int) -> int:
@@ -181,9 +193,12 @@ def measure(client: Client, size: int, threads: int, seconds: float) -> tuple[fl
             done += 1
         return done * size
 
-    # One untimed pass so every key exists and the node's buffers are warm.
-    _run_threads(threads, lambda t: sum(client.put(k, value) or size for k in keys[t]))
-    return _run_threads(threads, put) / 1e9, _run_threads(threads, get) / 1e9
+    try:
+        # One untimed pass so every key exists and the node's buffers are warm.
+        _run_threads(threads, lambda t: sum(client.put(k, value) or size for k in keys[t]))
+        return _run_threads(threads, put) / 1e9, _run_threads(threads, get) / 1e9
+    finally:
+        _remove_all(client, [k for ks in keys for k in ks])
 
 
 def _wait_prefaulted(node: MemKVNode, timeout: float = 120.0) -> None:
@@ -203,40 +218,161 @@ def _wait_flushed(node: MemKVNode, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def measure_exists(client: Client, n: int) -> float:
-    keys = [f"bench/exists/{i}" for i in range(n)]
+def measure_exists(client: Client, n: int, prefix: str) -> float:
+    keys = [f"{prefix}/exists/{i}" for i in range(n)]
     vals = [b"x"] * n
-    for i in range(0, n, 4096):
-        client.batch_put(keys[i:i + 4096], vals[i:i + 4096])
-    client.batch_exists(keys)
-    rounds, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < 1.0 or rounds < 3:
-        if not all(client.batch_exists(keys)):
-            raise RuntimeError("batched exists lost keys")
-        rounds += 1
-    return rounds * n / (time.perf_counter() - t0)
+    try:
+        for i in range(0, n, 4096):
+            client.batch_put(keys[i:i + 4096], vals[i:i + 4096])
+        client.batch_exists(keys)
+        rounds, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0 or rounds < 3:
+            if not all(client.batch_exists(keys)):
+                raise RuntimeError("batched exists lost keys")
+            rounds += 1
+        return rounds * n / (time.perf_counter() - t0)
+    finally:
+        _remove_all(client, keys)
+
+
+class _MemKVInPeerLoop:
+    """MemKV through the peers' loop (one thread, one call per value)."""
+
+    name, title = "memkv", "MemKV"
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def buffers(self, value: np.ndarray, out: np.ndarray) -> None:
+        pass
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        self._c.put(key, value)
+
+    def flush(self) -> None:
+        pass
+
+    def get_into(self, key: str, out: np.ndarray) -> int:
+        return self._c.get_into(key, out)
+
+    def remove(self, keys: list[str]) -> None:
+        _remove_all(self._c, keys)
+
+
+def measure_store(store, size: int, seconds: float, new_bytes: int, prefix: str,
+                  value: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """The loop every store in the peers table runs, one client thread: puts
+    of `new_bytes` of new keys (acknowledged), then gets cycling over them
+    for `seconds`, the last one checked; then the keys are deleted."""
+    n = max(4, new_bytes // size)
+    keys = [f"{prefix}/{store.name}/{size}/{i}" for i in range(n)]
+    v, o = value[:size], out[:size]
+    try:
+        t0 = time.perf_counter()
+        for k in keys:
+            store.put(k, v)
+        store.flush()
+        put = n * size / (time.perf_counter() - t0) / 1e9
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or done < min(n, 8):
+            if store.get_into(keys[done % n], o) != size:
+                raise RuntimeError(f"{store.title}: a value the bench wrote went missing")
+            done += 1
+        get = done * size / (time.perf_counter() - t0) / 1e9
+        if not np.array_equal(o, v):
+            raise RuntimeError(f"{store.title}: a get returned other bytes than were put")
+        return put, get
+    finally:
+        store.remove(keys)
+
+
+def run_peers(client: Client, peers: list[str], size_list: list[int], seconds: float, new_bytes: int,
+              prefix: str, progress, task) -> tuple[list[dict], dict[str, str]]:
+    """MemKV and every peer through measure_store, each row paired with a
+    raw-socket sample taken just before it."""
+    from .bench_peers import quiet_logs, start_peer
+
+    quiet_logs()
+    rows, failed = [], {}
+    big = max(size_list)
+    value = np.random.default_rng(3).integers(0, 256, big, dtype=np.uint8)
+    out = np.empty(big, dtype=np.uint8)
+    for name in ["memkv", *peers]:
+        progress.update(task, description=f"peers: starting {name}")
+        try:
+            store = _MemKVInPeerLoop(client) if name == "memkv" else start_peer(name, new_bytes)
+        except Exception as e:  # a peer that will not start is reported, not fatal
+            failed[name] = f"did not start: {e}"
+            progress.advance(task, len(size_list))
+            continue
+        try:
+            store.buffers(value, out)
+            for size in size_list:
+                progress.update(task, description=f"peers: {store.title}, {format_size(size)}")
+                raw_now = raw_loopback_gbps(min(seconds, 1.0))
+                put, get = measure_store(store, size, seconds, new_bytes, prefix, value, out)
+                rows.append({"store": name, "title": store.title, "size": size, "put_new_gbps": put,
+                             "get_gbps": get, "raw_gbps": raw_now, "put_new_ratio": put / raw_now,
+                             "get_ratio": get / raw_now})
+                progress.advance(task)
+        except Exception as e:
+            failed[name] = f"failed: {e}"
+        finally:
+            if name != "memkv":
+                store.close()
+    return rows, failed
+
+
+def _parse_threads(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise ConfigError(f"--threads {text!r}: expected a comma-separated list of thread counts >= 1, e.g. 1,4")
+    return threads
 
 
 def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, exists_keys: int,
-              json_path: str | None, dram_only: bool = False) -> bool:
+              json_path: str | None, dram_only: bool = False, peers: str = "auto", plot_path: str | None = None,
+              new_keys: str = "1GiB") -> bool:
+    from .bench_peers import parse_peers
+
     console = Console(stderr=json_path == "-")
+    if not console.is_terminal:  # logs and pipes get whole tables, not an 80-column squeeze
+        console = Console(stderr=json_path == "-", width=140)
     size_list = [parse_size(s.strip(), "--sizes") for s in sizes.split(",") if s.strip()]
-    thread_list = [int(t) for t in threads.split(",") if t.strip()]
+    if not size_list:
+        raise ConfigError(f"--sizes {sizes!r}: expected a comma-separated list of sizes, e.g. 64KiB,4MiB")
+    thread_list = _parse_threads(threads)
+    new_bytes = parse_size(new_keys, "--new-keys")
+    peer_list, peers_not_run = parse_peers(peers, embedded=not servers)
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
+    # The embedded node's DRAM tier: 4 GiB for the default 1 GiB of new keys,
+    # less for short runs (the bench waits until it is pre-faulted).
+    dram = min(4 << 30, max(512 << 20, 4 * new_bytes))
+    # Every key the bench writes lives under this prefix, and is deleted.
+    prefix = f"memkv-bench/{os.urandom(6).hex()}"
     node = None
     tmp = None
     if servers:
-        cfg = load_client_config({"servers": servers})
+        cfg = load_client_config({"servers": servers}, override_labels={"servers": "--servers"})
     else:
         tmp = tempfile.TemporaryDirectory(prefix="memkv-bench-")
         key = os.urandom(32)
         node = MemKVNode(NodeConfig(data_dir=tmp.name, host="127.0.0.1", port=0, auth_key=key,
-                                    dram_capacity=4 << 30, disk_capacity=0 if dram_only else 16 << 30),
+                                    dram_capacity=dram, disk_capacity=0 if dram_only else 16 << 30),
                          admin=False).start()
         cfg = ClientConfig(servers=(node.address,), auth_key=key, transport="tcp", num_connections=8)
     rows = []
     try:
         with Client(config=cfg) as client, Progress(console=console, transient=True) as progress:
-            task = progress.add_task("raw loopback", total=len(size_list) * len(thread_list) + 1)
+            task = progress.add_task("raw loopback", total=len(size_list) * len(thread_list) + 1 +
+                                     (len(size_list) * (1 + len(peer_list)) if peer_list else 0))
             if node:
                 progress.update(task, description="waiting for the node to pre-fault its DRAM tier")
                 _wait_prefaulted(node)
@@ -254,14 +390,14 @@ def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, 
                             _wait_flushed(node)
                         raw_now = raw_loopback_gbps(min(seconds, 1.0))
                         raw_samples.append(raw_now)
-                        # The same stream into 1 GiB of memory, not in cache: what
+                        # The same stream into new_bytes of memory, not in cache: what
                         # any store must do with a working set of new keys.
                         raw_fresh = raw_loopback_gbps(min(seconds, 1.0), chunk=min(size, 4 << 20),
-                                                      sink_span=NEW_KEYS_BYTES) if repeats > 1 else None
-                        new = measure_new_keys(client, size, n)
+                                                      sink_span=new_bytes) if repeats > 1 else None
+                        new = measure_new_keys(client, size, n, prefix, new_bytes)
                         if node:
                             _wait_flushed(node)
-                        put, get = measure(client, size, n, seconds)
+                        put, get = measure(client, size, n, seconds, prefix)
                         pairs.append((put / raw_now, get / raw_now, put, get, new, new / raw_now,
                                       new / raw_fresh if raw_fresh else None, raw_fresh))
                     put_ratio = statistics.median(p[0] for p in pairs)
@@ -277,8 +413,11 @@ def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, 
                     progress.advance(task)
             raw = statistics.median(raw_samples)
             progress.update(task, description=f"batched exists of {exists_keys} keys")
-            exists_rate = measure_exists(client, exists_keys)
+            exists_rate = measure_exists(client, exists_keys, prefix)
             progress.advance(task)
+            peer_rows, peers_failed = (run_peers(client, peer_list, size_list, seconds, new_bytes, prefix,
+                                                 progress, task) if peer_list else ([], {}))
+            peers_not_run.update(peers_failed)
             disk = disk_write_gbps(tmp.name, min(seconds, 1.0)) if node and not dram_only else None
             rss = node_rss_bytes() if node else None
             prefaulted = node.stats()["arena_prefaulted_bytes"] if node else None
@@ -304,21 +443,44 @@ def run_bench(*, servers: str | None, sizes: str, threads: str, seconds: float, 
                       "puts; bursts up to the DRAM capacity go faster)")
     if rss is not None:
         console.print(f"RSS of the process running the embedded node (and this client): {format_size(rss)} "
-                      f"(its DRAM tier: {format_size(4 << 30)}, {format_size(prefaulted)} of it pre-faulted)")
+                      f"(its DRAM tier: {format_size(dram)}, {format_size(prefaulted)} of it pre-faulted)")
     if key_row:
         verdict = "[green]met[/green]" if ok else "[red]NOT met[/red]"
         console.print(f"target 4 MiB put of new keys and get >= {TARGET_RATIO}x raw socket: {verdict} "
                       f"(put of new keys {key_row['put_new_ratio']:.2f}x, get {key_row['get_ratio']:.2f}x; "
                       f"overwrite {key_row['put_ratio']:.2f}x)")
         if "raw_fresh_memory_gbps" in key_row:
-            console.print(f"put of new keys against the raw socket writing 1 GiB of memory not in cache "
+            console.print(f"put of new keys against the raw socket writing {format_size(new_bytes)} of memory "
+                          "not in cache "
                           f"({key_row['raw_fresh_memory_gbps']:.2f} GB/s): "
                           f"{key_row['put_new_ratio_fresh_memory']:.2f}x")
-    doc = {"rss_bytes": rss, "new_keys_bytes_per_round": NEW_KEYS_BYTES, "raw_loopback_gbps": raw, "raw_samples_gbps": raw_samples, "disk_write_gbps": disk, "results": rows, "batched_exists_keys_per_s": exists_rate,
+    if peer_rows or peers_not_run:
+        _print_peers(console, peer_rows, peers_not_run)
+    doc = {"rss_bytes": rss, "new_keys_bytes_per_round": new_bytes, "raw_loopback_gbps": raw, "raw_samples_gbps": raw_samples, "disk_write_gbps": disk, "results": rows, "batched_exists_keys_per_s": exists_rate,
            "exists_batch": exists_keys, "target_ratio": TARGET_RATIO, "target_met": ok,
-           "node": "external" if servers else ("embedded, DRAM only" if dram_only else "embedded, DRAM + shards")}
+           "node": "external" if servers else ("embedded, DRAM only" if dram_only else "embedded, DRAM + shards"),
+           "peers": {"results": peer_rows, "not_run": peers_not_run}}
     write_json(doc, json_path)
+    if plot_path:
+        from .bench_plot import plot
+
+        plot(doc, plot_path)
+        console.print(f"chart: {plot_path}")
     return ok
+
+
+def _print_peers(console: Console, rows: list[dict], not_run: dict[str, str]) -> None:
+    t = Table(title="Peers: the same loop for every store (1 client thread, puts of new keys, then gets; "
+                    "each row paired with a raw-socket sample)")
+    for col in ("store", "value", "put new keys GB/s", "/ raw", "get GB/s", "/ raw"):
+        t.add_column(col, justify="left" if col == "store" else "right")
+    for r in rows:
+        t.add_row(r["title"], format_size(r["size"]), f"{r['put_new_gbps']:.2f}", f"{r['put_new_ratio']:.2f}",
+                  f"{r['get_gbps']:.2f}", f"{r['get_ratio']:.2f}")
+    if rows:
+        console.print(t)
+    for name, why in not_run.items():
+        console.print(f"peer {name}: {why}", markup=False, highlight=False)
 
 
 def write_json(doc: dict, json_path: str | None) -> None:

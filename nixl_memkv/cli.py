@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
@@ -36,7 +37,14 @@ def main() -> None:
               help="always: ack after the shard is synced; interval (default): write-back, synced every "
                    "--fsync-interval-ms; never: leave syncing to the OS.")
 @click.option("--fsync-interval-ms", type=int, help="Sync cadence for --fsync interval (default 1000).")
-@click.option("--max-connections", type=int, help="Concurrent client connections (default 1024).")
+@click.option("--max-connections", type=int, help="Concurrent client connections (MEMKV_MAX_CONNECTIONS, default "
+                                                  "10000); past it a client is told the node is full.")
+@click.option("--admin-auth", type=click.Choice(["local", "key", "none"]),
+              help="Who may read /v1/status (MEMKV_ADMIN_AUTH): local (default): this host freely, other hosts "
+                   "with the auth key as a bearer token; key: always the token; none: anyone. /v1/health and "
+                   "/metrics are always open.")
+@click.option("--io-timeout-ms", type=int, help="Drop a client that stops mid-message this long (MEMKV_IO_TIMEOUT_MS, "
+                                                "default 60000); idle connections are kept.")
 @click.option("--rdma-devices", help="RDMA devices to serve clients over, e.g. mlx5_0,mlx5_1 "
                                      "(MEMKV_RDMA_DEVICES; default none: TCP only).")
 @click.option("--tenants", help="Tenants file (MEMKV_TENANTS): each tenant gets its own key, keyspace and quotas; "
@@ -89,17 +97,32 @@ def status(servers, admins, as_json, timeout) -> None:
     from .config import format_size, load_client_config
 
     try:
-        nodes = list(servers) or list(load_client_config(None).servers)
+        if servers:
+            nodes = list(load_client_config({"servers": ",".join(servers)}, env={}, require_servers=False,
+                                            override_labels={"servers": "SERVERS"}).servers)
+        else:
+            nodes = list(load_client_config(None, servers_hint="name them: memkv status HOST:PORT ...").servers)
+        urls = [_admin_url(s, admins[i] if i < len(admins) else None) + "/v1/status" for i, s in enumerate(nodes)]
     except MemKVError as e:
         _fail(e)
+    try:  # nodes ask other hosts for the auth key (--admin-auth); the config chain has it
+        key = load_client_config(None, require_servers=False).auth_key
+    except MemKVError:
+        key = None
+    headers = {"Authorization": f"Bearer {key.hex()}"} if key else {}
     docs = []
-    for i, s in enumerate(nodes):
-        url = _admin_url(s, admins[i] if i < len(admins) else None)
+    for s, url in zip(nodes, urls):
         try:
-            with urllib.request.urlopen(url + "/v1/status", timeout=timeout) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
                 docs.append((s, json.load(r), None))
+        except urllib.error.HTTPError as e:
+            why = f"HTTP {e.code}"
+            if e.code == 401:
+                why = "refused: " + (f"{url} does not take MEMKV_AUTH_KEY (not the node's key)" if key else
+                                     f"{url} wants the node's auth key: set MEMKV_AUTH_KEY")
+            docs.append((s, None, why))
         except Exception as e:  # a node that is down is a row, not a crash
-            docs.append((s, None, str(getattr(e, "reason", e))))
+            docs.append((s, None, f"{url}: {getattr(e, 'reason', e)}"))
     if as_json:
         click.echo(json.dumps({s: d if d else {"error": err} for s, d, err in docs}, indent=2))
     else:
@@ -108,7 +131,8 @@ def status(servers, admins, as_json, timeout) -> None:
             t.add_column(col)
         for s, d, err in docs:
             if d is None:
-                t.add_row(s, "[red]down[/red]", "-", "-", "-", "-", "-", err or "")
+                t.add_row(s, "[red]refused[/red]" if err.startswith("refused") else "[red]down[/red]",
+                          "-", "-", "-", "-", "-", "-")
                 continue
             dram, disk = d["tiers"]["dram"], d["tiers"]["disk"]
             t.add_row(s, "[green]serving[/green]" if d["serving"] else "stopping", d["node_id"][:12], str(d["keys"]),
@@ -119,6 +143,12 @@ def status(servers, admins, as_json, timeout) -> None:
         if not console.is_terminal:  # pipes and logs get the whole table, not an 80-column squeeze
             console = Console(width=200)
         console.print(t)
+        for s, d, err in docs:
+            if d is None and err.startswith("refused"):
+                console.print(f"{s} {err}", markup=False, highlight=False)
+            elif d is None:  # the admin address tried, and why it failed
+                hint = "" if admins else " (is its admin port not data port + 1? give --admin HOST:PORT)"
+                console.print(f"{s} is down: {err}{hint}", markup=False, highlight=False)
     if any(d is None for _, d, _ in docs):
         sys.exit(1)
 
@@ -334,13 +364,20 @@ def plugin_install(nixl_dir) -> None:
 @click.option("--exists-keys", default=10000, show_default=True, help="Keys in the batched-exists test.")
 @click.option("--json", "json_path", help="Also write the figures as JSON to this file ('-' for stdout).")
 @click.option("--dram-only", is_flag=True, help="Embedded node without the shard tier.")
-def bench(servers, sizes, threads, seconds, exists_keys, json_path, dram_only) -> None:
-    """Put/get throughput against the raw loopback socket limit."""
+@click.option("--new-keys", default="1GiB", show_default=True, help="Bytes of new keys each put-of-new-keys row "
+                                                                   "writes (and deletes).")
+@click.option("--peers", default="auto", show_default=True,
+              help="Other stores run through the same loop beside MemKV, each started here on free ports and stopped: "
+                   "redis,lm,mooncake | all | none | auto (those installed; none with --servers).")
+@click.option("--plot", "plot_path", help="Draw the figures, with the raw-socket ceiling, into this PNG (matplotlib).")
+def bench(servers, sizes, threads, seconds, exists_keys, json_path, dram_only, new_keys, peers, plot_path) -> None:
+    """Put/get throughput against the raw loopback socket limit; deletes all it wrote."""
     from .bench import run_bench
 
     try:
         ok = run_bench(servers=servers, sizes=sizes, threads=threads, seconds=seconds, exists_keys=exists_keys,
-                       json_path=json_path, dram_only=dram_only)
+                       json_path=json_path, dram_only=dram_only, peers=peers, plot_path=plot_path,
+                       new_keys=new_keys)
     except MemKVError as e:
         _fail(e)
     sys.exit(0 if ok else 1)

@@ -8,8 +8,8 @@ Client settings (`load_client_config`), highest precedence first:
 3. ``MEMKV_*`` environment variables;
 4. the defaults on `ClientConfig`.
 
-Note that the YAML file beats the environment. The product documents say
-"MEMKV_CONFIG yaml first, then MEMKV_* env vars", so a deployment's config
+Note that the YAML file beats the environment. The integration guides say
+"MEMKV_CONFIG yaml first, then MEMKV_* env vars" (docs/compatibility.md), so a deployment's config
 file stays authoritative over whatever a container image happens to export.
 
 Node settings (`load_node_config`) use the same order: CLI flags, then the
@@ -68,6 +68,7 @@ DEFAULT_PORT = 9900
 TRANSPORTS = ("auto", "rdma", "tcp")
 GPUDIRECT_MODES = ("auto", "off")
 FSYNC_MODES = ("always", "interval", "never")
+ADMIN_AUTH_MODES = ("local", "key", "none")  # see nixl_memkv.admin
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _ENV_PREFIX = "MEMKV_"
@@ -435,6 +436,8 @@ class ClientConfig:
         """Every field, safe to log: the auth key shows only as "<set>" or "<unset>"."""
         out: dict[str, object] = {}
         for f in fields(self):
+            if f.name == "dram_capacity_source":
+                continue
             value = getattr(self, f.name)
             if f.name == "auth_key":
                 value = "<set>" if value is not None else "<unset>"
@@ -448,22 +451,41 @@ class ClientConfig:
         return _render_block("PluginConfig", self.redacted())
 
 
-def _default_dram_capacity() -> int:
-    """25% of physical RAM, capped by a cgroup memory limit when one is set.
-
-    Without the cap, a node in a container limited to a few GiB on a big
-    host would size its cache from the host's RAM and be OOM-killed.
-    """
+def usable_memory_bytes() -> int | None:
+    """Physical RAM, capped by a cgroup memory limit when one is set (None:
+    sysconf cannot tell)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = -1
     if total <= 0:
-        total = 4 * 1024 ** 3  # sysconf unavailable: assume a modest 4 GiB machine
+        return None
     limit = _cgroup_memory_limit()
     if limit is not None and 0 < limit < total:
         total = limit
+    return total
+
+
+def _default_dram_capacity() -> int:
+    """25% of usable memory (a cgroup limit counts).
+
+    Without the cgroup cap, a node in a container limited to a few GiB on a
+    big host would size its cache from the host's RAM and be OOM-killed.
+    """
+    total = usable_memory_bytes() or 4 * 1024 ** 3  # sysconf unavailable: assume a modest 4 GiB machine
     return total // 4
+
+
+def dram_capacity_warning(cfg: "NodeConfig") -> str | None:
+    """Why a DRAM tier larger than this machine's (or cgroup's) memory will
+    fail, naming the setting it came from; None when it fits."""
+    usable = usable_memory_bytes()
+    if usable is None or cfg.dram_capacity <= usable:
+        return None
+    where = cfg.dram_capacity_source or "dram_capacity"
+    return (f"DRAM tier {format_size(cfg.dram_capacity)} (from {where}) is larger than the memory this node can "
+            f"use ({format_size(usable)}: RAM, or the cgroup limit when lower): it is killed for lack of memory "
+            f"once the tier fills; give at most {format_size(usable * 3 // 4)} or so")
 
 
 def _cgroup_memory_limit() -> int | None:
@@ -492,13 +514,17 @@ class NodeConfig:
     disk_capacity: int | None = None  # bytes; None: 80% of free space at start; 0: DRAM only
     fsync: str = "interval"  # always | interval | never
     fsync_interval_ms: int = 1000
-    max_connections: int = 1024
+    max_connections: int = 10000
+    admin_auth: str = "local"  # who may read /v1/status: local | key | none (nixl_memkv.admin)
+    io_timeout_ms: int = 60000  # a client silent this long mid-message (handshake, frame, value) is dropped
     rdma_devices: tuple[str, ...] = ()  # RDMA devices served to clients that ask; empty: TCP only
     tenants: str | None = None  # tenants file (nixl_memkv.tenants); None: the cluster key only
     s3_port: int | None = None  # the S3 door (tenants' S3 credentials); None: no door
     auth_key: bytes
     node_id: str | None = None  # None: generated and persisted by the node
     log_level: str = "INFO"
+    # Where dram_capacity came from ("--dram-capacity", "MEMKV_DRAM_CAPACITY", ...), for warnings.
+    dram_capacity_source: str | None = field(default=None, compare=False)
 
     @property
     def effective_admin_port(self) -> int:
@@ -549,6 +575,8 @@ _NODE_PARSERS: dict[str, _Parser] = {
     "fsync": _choice_parser(FSYNC_MODES),
     "fsync_interval_ms": _int_parser(1),
     "max_connections": _int_parser(1),
+    "io_timeout_ms": _int_parser(100),
+    "admin_auth": _choice_parser(ADMIN_AUTH_MODES),
     "rdma_devices": _parse_devices,
     "tenants": _parse_path,
     "s3_port": _int_parser(0, 65535),
@@ -635,6 +663,8 @@ def load_client_config(
     env: Mapping[str, str] | None = None,
     require_servers: bool = True,
     overrides_source: str = "backend param",
+    override_labels: Mapping[str, str] | None = None,
+    servers_hint: str | None = None,
 ) -> ClientConfig:
     """Build a ClientConfig from overrides > MEMKV_CONFIG YAML > MEMKV_* env > defaults.
 
@@ -642,7 +672,12 @@ def load_client_config(
     MEMKV_CONFIG) entirely, e.g. for ``Client(servers=..., auth_key=...)``.
     `overrides_source` is how errors name an override key (``"backend param"``
     gives "backend param num_connections"; LMCache might pass "extra_config").
+    `override_labels` names single overrides as the user typed them (the CLI
+    passes ``{"servers": "--servers"}``); `servers_hint` is how the "no
+    servers" error says to give them through the caller (default: the
+    override key).
     """
+    override_labels = dict(override_labels or {})
     env = os.environ if env is None else env
     overrides = dict(overrides or {})
     doc, yaml_path = _read_yaml(env)
@@ -658,7 +693,7 @@ def load_client_config(
     defaults.update({f.name: f.default for f in fields(ClientConfig) if f.default is not MISSING})
     for name, parser in _CLIENT_PARSERS.items():
         candidates = [
-            (overrides.get(name), _Source(f"{overrides_source} {name}")),
+            (overrides.get(name), _Source(override_labels.get(name, f"{overrides_source} {name}"))),
             (doc.get(name), _Source(f"{name} in {yaml_path}", base_dir=yaml_dir)),
             (env.get(_env_name(name)), _Source(_env_name(name))),
         ]
@@ -669,7 +704,7 @@ def load_client_config(
     if require_servers and not values["servers"]:
         raise ConfigError(
             f"no servers configured: set MEMKV_SERVERS, servers in MEMKV_CONFIG, "
-            f"or the {overrides_source} servers; expected {_SERVERS_FORM}"
+            f"or {servers_hint or f'the {overrides_source} servers'}; expected {_SERVERS_FORM}"
         )
     if values["staging_slot_mb"] > values["staging_size_mb"]:
         raise ConfigError(
@@ -754,6 +789,8 @@ def load_node_config(
             "no auth key configured: set MEMKV_AUTH_KEY, auth_key in MEMKV_CONFIG, "
             f"or pass --auth-key-file; expected {AUTH_KEY_FORM}"
         )
+    if sources["dram_capacity"] is not None:
+        values["dram_capacity_source"] = sources["dram_capacity"].label
     cfg = NodeConfig(**values)
     if cfg.admin_port is None and cfg.port == 65535:
         raise ConfigError(

@@ -36,8 +36,9 @@ BATCH = 16  # blocks per transfer, as KVBM offloads them
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description:<10}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    console=console)
+    # Sizes in MiB as the report gives them; speeds stay decimal, as its GB/s.
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), DownloadColumn(binary_units=True),
+                    TransferSpeedColumn(), console=console)
 
 
 def _in_batches(console: Console, label: str, n_blocks: int, block_size: int, step) -> float:

@@ -1,7 +1,7 @@
 """Key shaping shared by the plugins: host-engine keys become MemKV keys of
 at most 512 bytes (with the client's namespace prefix). Keys longer than 480
-bytes collapse to the deterministic `memkv-h2:<blake2b-256 hex>` form the
-product documents describe, so every process derives the same key."""
+bytes collapse to the deterministic `memkv-h2:<blake2b-256 hex>` form users
+already know (docs/compatibility.md), so every process derives the same key."""
 
 from __future__ import annotations
 

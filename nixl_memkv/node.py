@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,16 +16,40 @@ import uuid
 
 from . import __version__
 from ._node import NativeNode, install_native_logging
-from .config import NodeConfig, format_size, resolve_disk_capacity
+from .config import NodeConfig, dram_capacity_warning, format_size, resolve_disk_capacity
 from .errors import ConfigError, MemKVError
 from .tenants import load_tenants, native_specs
 
 log = logging.getLogger("memkv")
 
 
+# Descriptors beyond the client connections: shards, the admin port, the S3
+# door, logs, RDMA devices.
+_SPARE_FDS = 512
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Every connection is a descriptor: lift the soft limit as far as the hard
+    one allows, and say so when --max-connections cannot be reached."""
+    import resource
+
+    need = max_connections + _SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("--max-connections %d needs about %d file descriptors, but this process may open only %d "
+                    "(`ulimit -n`; LimitNOFILE= under systemd): clients past about %d connections will be refused",
+                    max_connections, need, soft, max(0, soft - _SPARE_FDS))
+
+
 class MemKVNode:
     def __init__(self, cfg: NodeConfig, *, admin: bool = True):
         self.cfg = cfg
+        # A node that fails to start removes the data dir it made (and only that).
+        self._made_data_dir = _first_missing_dir(cfg.data_dir)
         os.makedirs(cfg.data_dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(cfg.data_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -33,6 +58,13 @@ class MemKVNode:
             os.close(self._lock_fd)
             raise ConfigError(f"data dir {cfg.data_dir} is in use by another MemKV node; give each node its own "
                               "--data-dir") from None
+        try:
+            self._open(cfg, admin)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _open(self, cfg: NodeConfig, admin: bool) -> None:
         self.node_id = cfg.node_id or self._persistent_id()
         self.disk_capacity = resolve_disk_capacity(cfg)
         self._native = NativeNode(
@@ -40,6 +72,7 @@ class MemKVNode:
             node_id=hashlib.sha256(self.node_id.encode()).digest()[:16], data_dir=cfg.data_dir,
             dram_capacity=cfg.dram_capacity, disk_capacity=self.disk_capacity, fsync=cfg.fsync,
             fsync_interval_ms=cfg.fsync_interval_ms, max_connections=cfg.max_connections,
+            io_timeout_ms=cfg.io_timeout_ms,
             rdma_devices=list(cfg.rdma_devices), s3_port=-1 if cfg.s3_port is None else cfg.s3_port)
         self.tenants: dict = {}
         if cfg.tenants:
@@ -50,6 +83,16 @@ class MemKVNode:
         self._serving = False
         self._stop_lock = threading.Lock()
         self._stopped = False
+
+    def _abandon(self) -> None:
+        """After a failed start: drop the native node, release the lock and
+        remove the data dir if this start created it."""
+        self._native = None  # its destructor closes the shard files
+        self._stopped = True  # a later stop() has nothing to do
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        if self._made_data_dir:
+            shutil.rmtree(self._made_data_dir, ignore_errors=True)
 
     def _persistent_id(self) -> str:
         path = os.path.join(self.cfg.data_dir, "node_id")
@@ -97,15 +140,30 @@ class MemKVNode:
 
     def start(self) -> "MemKVNode":
         install_native_logging()
-        self._native.start()
+        _raise_fd_limit(self.cfg.max_connections)
+        warning = dram_capacity_warning(self.cfg)
+        if warning:
+            log.warning("%s", warning)
+        try:
+            self._native.start()
+        except BaseException:
+            self._abandon()
+            raise
         self.started_at = time.time()
         if self._admin_enabled:
-            from .admin import AdminServer
+            from .admin import AdminAccess, AdminServer
             # An ephemeral data port (0, tests and embedded nodes) gets an ephemeral admin port.
             admin_port = self.cfg.admin_port if self.cfg.admin_port is not None else (
                 0 if self.cfg.port == 0 else self.cfg.effective_admin_port)
-            self.admin = AdminServer(self.cfg.host, admin_port, self.status, lambda: self._serving)
-            self.admin.start()
+            access = AdminAccess(self.cfg.admin_auth, self.cfg.auth_key,
+                                 lambda: {name: t.auth_key for name, t in self.tenants.items()})
+            self.admin = AdminServer(self.cfg.host, admin_port, self.status, lambda: self._serving, access)
+            try:
+                self.admin.start()
+            except BaseException:
+                self._native.stop()
+                self._abandon()
+                raise
         self._serving = True
         log.info("index loaded from shards in %d ms (O_DIRECT %s)", self._native.startup_ms,
                  "on" if self._native.direct_io else "off")
@@ -165,6 +223,8 @@ class MemKVNode:
             "evictions": {"dram": s["evictions_dram"], "disk": s["evictions_disk"],
                           "dropped": s["evictions_dropped"]},
             "connections": s["connections"], "connections_total": s["connections_total"],
+            "rejected_connections": s["rejected_connections"], "stalled_connections": s["stalled_connections"],
+            "worker_threads": s["worker_threads"],
             "auth_failures": s["auth_failures"], "protocol_errors": s["protocol_errors"],
             "checksum_failures": s["checksum_failures"], "corrupt_records": s["corrupt_records"],
             "flush_errors": s["flush_errors"],
@@ -183,6 +243,20 @@ class MemKVNode:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _first_missing_dir(path: str) -> str | None:
+    """The outermost directory of `path` that does not exist yet (what
+    makedirs would create), or None."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def run_node(cfg: NodeConfig) -> int:

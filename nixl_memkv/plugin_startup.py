@@ -2,7 +2,7 @@
 LMCache storage backend, LMCache MP L2 adapter, sglang HiCache backend): the
 config chain with the plugin's own parameters on top, the auth-key and
 licence checks, transport choice, and the start-up lines operators grep for,
-in the order the product documents list them."""
+in the documented order (docs/compatibility.md)."""
 
 from __future__ import annotations
 

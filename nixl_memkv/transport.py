@@ -94,8 +94,8 @@ def usable_rails(cfg: ClientConfig, chosen: str) -> list[str]:
 
 
 def log_rails(cfg: ClientConfig, device_of: Callable[[int], str]) -> None:
-    """The seed's start-up line, one per server, naming the device it uses
-    (`device_of(rail)`, "" over TCP)."""
+    """The documented start-up line (docs/compatibility.md), one per server,
+    naming the device it uses (`device_of(rail)`, "" over TCP)."""
     for rail, name in enumerate(cfg.servers):
         device = device_of(rail)
         if device:

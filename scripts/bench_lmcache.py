@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """LMCache with MemKV vs LMCache's own tiers, one run, same workload.
 
-The seed's workload shape: a prompt of 64 chunks x 256 tokens of a model
-whose KV is 4 MiB per chunk (bf16, 8 layers x 512 hidden), driven through
-LMCache's real cache engine on the CPU (tests/lmcache_harness.py). Tiers:
+The workload: a prompt of 64 chunks x 256 tokens (256 is the vLLM guide's
+chunk_size, docs/compatibility.md) of a model whose KV is 4 MiB per chunk
+(bf16, 8 layers x 512 hidden), driven through LMCache's real cache engine on
+the CPU (tests/lmcache_harness.py). Tiers:
 
   local-cpu  LMCache's local CPU backend only: the floor
   memkv      + our storage plugin, one MemKV node on loopback
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,26 +38,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
+from nixl_memkv.bench_peers import wait_port  # noqa: E402
+from nixl_memkv.ports import free_port  # noqa: E402
+
 LAYERS, HEADS = 8, 8  # 2 x 8 x 256 x 512 x 2 B = 4 MiB per chunk
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not listen on {port} within {timeout}s")
 
 
 def child(tier: str, yaml_path: str, rounds: int, chunks: int) -> dict:

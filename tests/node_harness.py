@@ -43,12 +43,15 @@ class NodeProc:
     """One `memkv server` child process."""
 
     def __init__(self, data_dir: str, auth_key: str, *args: str, port: int | None = None, env: dict | None = None,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", netns: str | None = None):
         self.data_dir = data_dir
         self.auth_key = auth_key
         self.args = list(args)
         self.host = host
-        self.port = port or free_port(host)
+        # In a network namespace of its own (tests/netns_harness.py) the node
+        # owns its address, so any fixed port is free there.
+        self.netns = netns
+        self.port = port or (7400 if netns else free_port(host))
         self.admin_port = self.port + 1
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
@@ -60,7 +63,8 @@ class NodeProc:
 
     def start(self, wait: bool = True) -> "NodeProc":
         log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "nixl_memkv", "server", "--data-dir", self.data_dir, "--host", self.host,
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        cmd = [*prefix, sys.executable, "-m", "nixl_memkv", "server", "--data-dir", self.data_dir, "--host", self.host,
                "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args]
         # cwd outside the checkout: `python -m` must import the installed package.
         self.proc = subprocess.Popen(cmd, env=clean_env(MEMKV_AUTH_KEY=self.auth_key, **self.env), stdout=log,
@@ -76,17 +80,27 @@ class NodeProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log()}")
             try:
-                with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/v1/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                if self._admin_get("/v1/health", timeout=1)[0] == 200:
+                    return
             except OSError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"node not ready after {timeout}s: {self.log()}")
 
+    def _admin_get(self, path: str, timeout: float) -> tuple[int, bytes]:
+        def get() -> tuple[int, bytes]:
+            # The key: a node reached on any address but loopback asks for it (--admin-auth).
+            req = urllib.request.Request(f"http://{self.host}:{self.admin_port}{path}",
+                                         headers={"Authorization": f"Bearer {self.auth_key}"})
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        if self.netns:  # the admin port is reachable only inside the node's namespace
+            from netns_harness import in_netns
+            return in_netns(self.netns, get)
+        return get()
+
     def status(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/v1/status", timeout=5) as r:
-            return json.load(r)
+        return json.loads(self._admin_get("/v1/status", timeout=5)[1])
 
     def log(self) -> str:
         try:

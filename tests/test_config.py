@@ -469,7 +469,7 @@ def test_node_defaults(tmp_path):
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < cfg.dram_capacity <= physical // 4
     assert cfg.disk_capacity is None
-    assert (cfg.fsync, cfg.fsync_interval_ms, cfg.max_connections) == ("interval", 1000, 1024)
+    assert (cfg.fsync, cfg.fsync_interval_ms, cfg.max_connections, cfg.io_timeout_ms) == ("interval", 1000, 10000, 60000)
     assert cfg.node_id is None and cfg.log_level == "INFO"
 
 

@@ -68,6 +68,27 @@ def test_hung_node_times_out(make_node, client_for):
     assert c.get("k") == b"v"  # recovers once the node runs again
 
 
+def test_hung_node_costs_one_op_timeout_not_two(make_node, client_for):
+    """A pooled connection that times out is not retried on a fresh one: a
+    stale connection (node restarted) fails at once, so a timeout means the
+    node is hung or cut off, and the retry's connect would succeed (the
+    kernel accepts for a paused process) only to wait out the handshake too."""
+    n = make_node("--dram-capacity", "64MiB", "--disk-capacity", "0")
+    c = client_for([n], op_timeout_ms=2000)
+    c.put("k", b"v")  # leaves a pooled connection
+    n.pause()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="timed out"):
+            c.get("k")
+        took = time.monotonic() - t0
+    finally:
+        n.resume()
+    # One 2 s op timeout plus slack; retried, it took 2 s + the handshake's 2 s.
+    assert 1.8 <= took < 3.2, took
+    assert c.get("k") == b"v"
+
+
 def test_unreachable_node_fails_fast(client_for):
     from conftest import free_port
     c = client_for([f"127.0.0.1:{free_port()}"], connect_timeout_ms=1000)

@@ -1,5 +1,5 @@
 """The LMCache storage plugin through LMCache's real cache engine (CPU), with
-real MemKV nodes: the seed's YAML (sizes scaled down), lookups and bit-exact
+real MemKV nodes: the documented YAML (docs/compatibility.md; sizes scaled down), lookups and bit-exact
 retrieves, cold restart in a fresh process, async puts, sharing between
 replicas, a node going down, long keys, bad config."""
 

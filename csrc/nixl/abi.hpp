@@ -1,8 +1,8 @@
 // Our own declarations of the parts of NIXL's backend-plugin ABI that a
-// plugin touches, written from the facts in shared/NIXL_ABI.md (measured
-// against nixl-cu12 1.5.1). No NIXL header is used: every size, offset and
-// the virtual-slot order are pinned by static_asserts below, and the tests
-// load the plugin into the real NIXL to prove them.
+// plugin touches; docs/nixl-abi.md describes each one (measured against
+// nixl-cu12 1.5.1). No NIXL header is used: every size, offset and the
+// virtual-slot order are pinned by static_asserts below, and the tests load
+// the plugin into the real NIXL to prove them.
 #pragma once
 #include <chrono>
 #include <cstddef>
@@ -187,7 +187,7 @@ struct PluginRecord {
 };
 constexpr int kPluginApiVersion = 1;
 
-// ---- layout pins (values from shared/NIXL_ABI.md) ----
+// ---- layout pins (the tables in docs/nixl-abi.md) ----
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Winvalid-offsetof"
 static_assert(sizeof(BasicDesc) == 24);

@@ -83,8 +83,8 @@ Status MemKVEngine::registerMem(const BlobDesc& mem, const MemType& type, Backen
   return kSuccess;
 }
 
-// The seeds' pre-registered descriptor pools: memory is registered once
-// here, not per transfer. If registration fails (locked-memory limit, no
+// Memory is registered once here, not per transfer (the "pre-registered
+// descriptor pools" KVBM users asked for; docs/compatibility.md). If registration fails (locked-memory limit, no
 // GPUDirect support) transfers still work, through staging.
 void MemKVEngine::register_with_rails(const BlobDesc& mem, const MemType& type, LocalMD* md) {
   void* p = reinterpret_cast<void*>(mem.addr);

@@ -39,6 +39,16 @@ Arena::~Arena() {
 }
 
 void Arena::prefault_in_background() {
+  // A tier larger than the machine's memory (the node warns at start) would
+  // be OOM-killed by its own pre-faulting before it served anything: such a
+  // tier faults its pages in on first use instead.
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0 && size_ > static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)) {
+    log(LogLevel::Warning, "DRAM tier: " + std::to_string(size_ >> 20) + " MiB is more than this machine's " +
+                               std::to_string((static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)) >> 20) +
+                               " MiB of memory: not pre-faulting it (pages fault in on first use)");
+    return;
+  }
   prefaulter_ = std::thread([this] {
     // Idle priority: pre-faulting must never compete with serving.
     setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);

@@ -79,14 +79,15 @@ void Node::start() {
 #if MEMKV_WITH_VERBS
   if (rdma_ && store_->arena()) rdma_->add_region_async(store_->arena());
 #endif
-  listen_fd_ = listen_tcp(opts_.host, opts_.port, 1024, &bound_port_);
+  // A deep backlog: a fleet's clients reconnect all at once after a restart.
+  listen_fd_ = listen_tcp(opts_.host, opts_.port, 4096, &bound_port_);
   if (opts_.s3_port >= 0) {
     s3::DoorOptions d;
     d.host = opts_.host;
     d.port = static_cast<uint16_t>(opts_.s3_port);
     d.data_dir = opts_.store.data_dir;
     d.io_timeout_ms = opts_.io_timeout_ms;
-    d.max_connections = opts_.max_connections;
+    d.max_connections = std::min(opts_.max_connections, 1024);  // the door still runs a thread per connection
     door_ = std::make_unique<s3::Door>(d, *store_, tenants_);
     try {
       door_->start();
@@ -95,165 +96,42 @@ void Node::start() {
       throw;
     }
   }
+  ConnectionLoop::Options lo;
+  lo.max_connections = opts_.max_connections;
+  lo.io_timeout_ms = opts_.io_timeout_ms;
+  loop_ = std::make_unique<ConnectionLoop>(static_cast<ConnectionProtocol&>(*this), lo);
+  loop_->start(listen_fd_);
   started_ = true;
-  acceptor_ = std::thread([this] { accept_loop(); });
 }
 
 void Node::stop() {
   std::lock_guard<std::mutex> g(stop_mu_);
   if (!started_ || stopped_) return;
   stopped_ = true;
-  stopping_ = true;
-  // Wakes accept(). The socket is closed here, after the acceptor is gone:
-  // closed under it, its number could be reused by another open meanwhile.
-  ::shutdown(listen_fd_, SHUT_RDWR);
-  if (acceptor_.joinable()) acceptor_.join();
+  // Ops in progress finish; waiting connections are closed. The listening
+  // socket is closed after the loop is gone: closed under it, its number
+  // could be reused by another open meanwhile.
+  loop_->stop();
   ::close(listen_fd_);
   listen_fd_ = -1;
-  {
-    std::lock_guard<std::mutex> lk(conns_mu_);
-    for (auto& c : conns_) {
-      // Idle connections are woken now; busy ones finish their op first.
-      int fd = c->fd.load();
-      if (!c->busy.load() && fd >= 0) ::shutdown(fd, SHUT_RDWR);
-    }
-  }
-  for (;;) {
-    std::lock_guard<std::mutex> lk(conns_mu_);
-    bool all_done = true;
-    for (auto& c : conns_) {
-      if (!c->done.load()) {
-        all_done = false;
-        int fd = c->fd.load();
-        if (!c->busy.load() && fd >= 0) ::shutdown(fd, SHUT_RDWR);
-      }
-    }
-    if (all_done) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  {
-    std::lock_guard<std::mutex> lk(conns_mu_);
-    reap_locked(true);
-  }
   if (door_) door_->stop();
   store_->close();
 }
 
-void Node::reap_locked(bool all) {
-  for (auto it = conns_.begin(); it != conns_.end();) {
-    if (all || (*it)->done.load()) {
-      if ((*it)->thread.joinable()) (*it)->thread.join();
-      it = conns_.erase(it);
-    } else {
-      ++it;
-    }
+bool Node::key_for(Connection& c, std::string_view tenant, Key32* key) {
+  if (tenant.empty()) {
+    *key = opts_.auth_key;
+    return true;
   }
+  ConnState& state = static_cast<NodeConnection&>(c).state;
+  state.tenant = tenants_.find(tenant);
+  if (state.tenant) *key = state.tenant->key;
+  return state.tenant != nullptr;
 }
 
-void Node::accept_loop() {
-  for (;;) {
-    struct sockaddr_storage ss {};
-    socklen_t len = sizeof(ss);
-    int fd = ::accept4(listen_fd_, reinterpret_cast<struct sockaddr*>(&ss), &len, SOCK_CLOEXEC);
-    if (stopping_) {
-      if (fd >= 0) ::close(fd);
-      break;
-    }
-    if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EBADF || errno == EINVAL) break;  // the listening socket is gone
-      // Out of fds or buffers, a protocol hiccup: keep serving, but say so.
-      log(LogLevel::Warning, std::string("accept failed: ") + std::strerror(errno) +
-                                 (errno == EMFILE || errno == ENFILE ? " (raise `ulimit -n`)" : ""));
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      continue;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    std::lock_guard<std::mutex> lk(conns_mu_);
-    reap_locked(false);
-    if (static_cast<int>(conns_.size()) >= opts_.max_connections) {
-      ++rejected_;
-      ::close(fd);
-      continue;
-    }
-    auto conn = std::make_shared<Conn>();
-    conn->fd = fd;
-    Socket sock(fd);
-    char host[64] = "?";
-    if (ss.ss_family == AF_INET)
-      inet_ntop(AF_INET, &reinterpret_cast<struct sockaddr_in*>(&ss)->sin_addr, host, sizeof(host));
-    else if (ss.ss_family == AF_INET6)
-      inet_ntop(AF_INET6, &reinterpret_cast<struct sockaddr_in6*>(&ss)->sin6_addr, host, sizeof(host));
-    sock.set_peer(std::string("client ") + host);
-    try {
-      conn->thread = std::thread([this, conn, s = std::move(sock)]() mutable { serve(conn, std::move(s)); });
-    } catch (const std::system_error& e) {  // thread limit: refuse this client, keep the node up
-      ++rejected_;
-      log(LogLevel::Warning, std::string("cannot start a connection thread: ") + e.what());
-      continue;  // the socket, moved into the discarded lambda, is closed with it
-    }
-    conns_.push_back(std::move(conn));
-  }
-}
-
-void Node::serve(std::shared_ptr<Conn> conn, Socket sock) {
-  ++connections_;
-  ++connections_total_;
-  std::string peer = sock.peer();
-  try {
-    std::string why;
-    ConnState state;
-    auto key_for = [&](std::string_view tenant, Key32* key) {
-      if (tenant.empty()) {
-        *key = opts_.auth_key;
-        return true;
-      }
-      state.tenant = tenants_.find(tenant);
-      if (state.tenant) *key = state.tenant->key;
-      return state.tenant != nullptr;
-    };
-    auto session = Session::server(std::move(sock), key_for, opts_.node_id, store_->max_value_bytes(),
-                                   opts_.io_timeout_ms, &why);
-    if (!session) {
-      if (why.rfind("closed before", 0) != 0) {
-        ++auth_failures_;
-        log(LogLevel::Warning, "rejected " + peer + ": " + why);
-      }
-    } else {
-      FrameHeader h{};
-      std::vector<uint8_t> meta;
-      if (state.tenant) ++state.tenant->counters->connections;
-      // A client in a tight loop sends its next request within microseconds
-      // of our reply: then polling briefly before sleeping saves a wake-up (an
-      // IPI on VMs) per op. Clients that pause between requests get no spin,
-      // so it never takes CPU from them on a small machine.
-      constexpr auto kSpin = std::chrono::microseconds(30);
-      auto replied = std::chrono::steady_clock::time_point{};
-      while (!stopping_) {
-        if (!session->recv_frame(&h, &meta, -1, opts_.io_timeout_ms)) break;
-        bool quick = std::chrono::steady_clock::now() - replied < kSpin;
-        session->sock().set_spin_us(quick ? static_cast<int>(kSpin.count()) : 0);
-        conn->busy = true;
-        handle(*session, state, h, meta);
-        conn->busy = false;
-        replied = std::chrono::steady_clock::now();
-      }
-    }
-  } catch (const Error& e) {
-    if (e.kind() == ErrorKind::Protocol) {
-      ++protocol_errors_;
-      log(LogLevel::Warning, "closing " + peer + ": " + e.what());
-    } else if (!stopping_) {
-      log(LogLevel::Debug, "connection from " + peer + " ended: " + e.what());
-    }
-  } catch (const std::exception& e) {
-    log(LogLevel::Error, "connection from " + peer + " failed: " + e.what());
-  }
-  conn->fd = -1;
-  conn->busy = false;
-  --connections_;
-  conn->done = true;
+void Node::authenticated(Connection& c) {
+  ConnState& state = static_cast<NodeConnection&>(c).state;
+  if (state.tenant) ++state.tenant->counters->connections;
 }
 
 Node::Incoming Node::prepare_value(Session& s, transport::NodeMover& m, uint32_t index, const std::string& key,
@@ -303,12 +181,17 @@ uint16_t Node::finish_value(Session& s, transport::NodeMover& m, const FrameHead
     ++checksum_failures_;
     return kChecksumMismatch;
   }
-  // A put that waited long for DRAM may have been given up on by its client
-  // (timed out and closed). Publishing it now could overwrite a newer value
-  // or undo a delete the client made since: drop it instead.
-  struct pollfd pfd {s.sock().fd(), POLLRDHUP, 0};
-  if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) return kShuttingDown;
-  return status_of(store_->commit(key, std::move(in.value), crc, std::move(in.reservation)));
+  // A put that waited long (for DRAM, or behind durable writes of its
+  // batch) may have been given up on by its client (timed out and closed).
+  // Publishing it now could overwrite a newer value or undo a delete the
+  // client made since: drop it instead. Asked under the store's lock, so a
+  // newer put the client sent after closing cannot slip in between.
+  const int fd = s.sock().fd();
+  auto still_wanted = [fd] {
+    struct pollfd pfd {fd, POLLRDHUP, 0};
+    return !(::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)));
+  };
+  return status_of(store_->commit(key, std::move(in.value), crc, std::move(in.reservation), still_wanted));
 }
 
 void Node::handle(Session& s, ConnState& conn, const FrameHeader& h, const std::vector<uint8_t>& meta) {
@@ -611,11 +494,16 @@ NodeStats Node::stats() {
   s.bytes_out = bytes_out_;
   s.hits = hits_;
   s.misses = misses_;
-  s.connections = connections_;
-  s.connections_total = connections_total_;
-  s.auth_failures = auth_failures_;
-  s.protocol_errors = protocol_errors_;
-  s.rejected_connections = rejected_;
+  if (loop_) {
+    ConnectionStats c = loop_->stats();
+    s.connections = c.connections;
+    s.connections_total = c.connections_total;
+    s.auth_failures = c.auth_failures;
+    s.protocol_errors = c.protocol_errors;
+    s.rejected_connections = c.rejected;
+    s.stalled_connections = c.stalled;
+    s.worker_threads = c.workers;
+  }
   s.checksum_failures = checksum_failures_;
   s.rdma_connections = rdma_connections_;
   s.rdma_bytes_in = rdma_bytes_in_;

@@ -1,7 +1,7 @@
-// The node's data port: accepts connections, authenticates them, and serves
-// wire-protocol ops against the Store, one thread per connection (a node
-// serves tens of long-lived pooled connections, and blocking I/O lets each
-// value move straight between the socket and its DRAM buffer).
+// The node's data port: serves wire-protocol ops against the Store on the
+// connections the ConnectionLoop accepts and authenticates (connections.hpp:
+// event-driven while they wait, a worker thread while an op runs, so each
+// value still moves straight between the socket and its DRAM buffer).
 #pragma once
 #include <array>
 #include <atomic>
@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "../s3/door.hpp"
+#include "connections.hpp"
 #include "../transport/mover.hpp"
 #include "../transport/rdma_node.hpp"
 #include "../wire/session.hpp"
@@ -27,7 +28,7 @@ struct NodeOptions {
   wire::Key32 auth_key{};
   std::array<uint8_t, wire::kNodeIdLen> node_id{};
   StoreConfig store;
-  int max_connections = 1024;
+  int max_connections = 10000;
   int io_timeout_ms = 60000;  // a peer that stalls mid-frame this long is dropped
   std::vector<std::string> rdma_devices;  // served to clients that ask (RDMA_CONNECT); empty: TCP only
   int s3_port = -1;  // the S3 door's port (0: any free one); -1: no door
@@ -41,13 +42,15 @@ struct NodeStats {
   uint64_t op_errors[kOpSlots] = {};
   uint64_t bytes_in = 0, bytes_out = 0, hits = 0, misses = 0;
   uint64_t connections = 0, connections_total = 0, auth_failures = 0, protocol_errors = 0, rejected_connections = 0;
+  uint64_t stalled_connections = 0;  // dropped mid-message after the I/O timeout
+  uint64_t worker_threads = 0;
   uint64_t checksum_failures = 0;
   uint64_t rdma_connections = 0, rdma_bytes_in = 0, rdma_bytes_out = 0;
   uint64_t rdma_node_checksummed = 0;  // GPUDirect puts whose CRC the node computed
   s3::DoorStats s3;
 };
 
-class Node {
+class Node final : private ConnectionProtocol {
  public:
   explicit Node(NodeOptions opts);
   ~Node();
@@ -69,15 +72,6 @@ class Node {
   std::vector<TenantCounterSnapshot> tenant_counters() const { return tenants_.counters(); }
 
  private:
-  struct Conn {
-    std::thread thread;
-    std::atomic<bool> busy{false};
-    std::atomic<bool> done{false};
-    std::atomic<int> fd{-1};
-  };
-  void accept_loop();
-  void serve(std::shared_ptr<Conn> conn, Socket sock);
-  void reap_locked(bool all);
   // The movers of one connection: TCP always; RDMA once the client set up
   // its queue pair. Each frame's flags say which one carries its values.
   struct Movers {
@@ -92,6 +86,18 @@ class Node {
     // The stored key for a key the client named ("" if it is not a valid key).
     std::string scoped(std::string_view key) const;
   };
+  struct NodeConnection : Connection {
+    ConnState state;
+  };
+  // ConnectionProtocol: what the loop asks of the node.
+  std::unique_ptr<Connection> make_connection() override { return std::make_unique<NodeConnection>(); }
+  bool key_for(Connection& c, std::string_view tenant, wire::Key32* key) override;
+  const std::array<uint8_t, wire::kNodeIdLen>& node_id() const override { return opts_.node_id; }
+  uint64_t max_value_bytes() const override { return store_->max_value_bytes(); }
+  void authenticated(Connection& c) override;
+  void serve(Connection& c, const wire::FrameHeader& h, const std::vector<uint8_t>& meta) override {
+    handle(*c.session, static_cast<NodeConnection&>(c).state, h, meta);
+  }
   void handle(wire::Session& s, ConnState& conn, const wire::FrameHeader& h, const std::vector<uint8_t>& meta);
   // A value of a request on its way in: its DRAM reservation and buffer,
   // and whether its transfer has started (RDMA). Abandoned unfinished, it
@@ -126,20 +132,16 @@ class Node {
   TenantTable tenants_;
   std::unique_ptr<transport::RdmaNode> rdma_;
   std::unique_ptr<s3::Door> door_;
+  std::unique_ptr<ConnectionLoop> loop_;
   int listen_fd_ = -1;
   uint16_t bound_port_ = 0;
-  std::thread acceptor_;
-  std::mutex conns_mu_;
-  std::list<std::shared_ptr<Conn>> conns_;
-  std::atomic<bool> stopping_{false};
   bool started_ = false, stopped_ = false;
   std::mutex stop_mu_;
 
   std::atomic<uint64_t> ops_[kOpSlots] = {};
   std::atomic<uint64_t> op_errors_[kOpSlots] = {};
-  std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0}, hits_{0}, misses_{0}, connections_{0}, connections_total_{0},
-      auth_failures_{0}, protocol_errors_{0}, rejected_{0}, checksum_failures_{0}, rdma_connections_{0},
-      rdma_bytes_in_{0}, rdma_bytes_out_{0}, node_checksummed_{0};
+  std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0}, hits_{0}, misses_{0}, checksum_failures_{0},
+      rdma_connections_{0}, rdma_bytes_in_{0}, rdma_bytes_out_{0}, node_checksummed_{0};
 };
 
 }  // namespace memkv

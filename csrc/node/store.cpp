@@ -335,9 +335,10 @@ void Store::publish_locked(const std::string& key, ValuePtr v, uint32_t crc, uin
   index_[key] = std::move(e);
 }
 
-PutResult Store::commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r) {
+PutResult Store::commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r,
+                        const std::function<bool()>& wanted) {
   std::unique_lock<std::mutex> lk(mu_);
-  if (stopping_) return PutResult::ShuttingDown;
+  if (stopping_ || (wanted && !wanted())) return PutResult::ShuttingDown;
   uint64_t version = 0;
   uint64_t charged = r.bytes_;
   r.store_ = nullptr;  // the entry owns the charge now

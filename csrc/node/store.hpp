@@ -20,6 +20,7 @@
 #include <deque>
 #include <list>
 #include <map>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -116,8 +117,10 @@ class Store {
   // wait=false: NoSpace at once rather than waiting for the flusher to free DRAM.
   PutResult reserve(uint64_t size, const std::string& key, Reservation* out, bool wait = true);
   // Publishes a received, verified value. Waits for the shard write when
-  // fsync=always.
-  PutResult commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r);
+  // fsync=always. `wanted` (if given) is asked under the index lock, just
+  // before publishing: false drops the value (ShuttingDown).
+  PutResult commit(const std::string& key, ValuePtr v, uint32_t crc, Reservation&& r,
+                   const std::function<bool()>& wanted = nullptr);
 
   // Returns the value (loading and verifying it from its shard if needed), or
   // nullptr on a miss.

@@ -130,6 +130,7 @@ enum Status : uint16_t {
   kKeyInvalid = 11,
   kRdmaUnavailable = 12,  // the node serves no RDMA (reply metadata: why)
   kOverQuota = 13,        // the value can never fit in its tenant's DRAM or disk quota
+  kNodeBusy = 14,         // ServerHello only: the node holds its maximum of connections
 };
 
 inline const char* op_name(uint8_t op) {
@@ -167,6 +168,7 @@ inline const char* status_name(uint16_t s) {
     case kKeyInvalid: return "invalid key";
     case kRdmaUnavailable: return "RDMA unavailable on the node";
     case kOverQuota: return "value larger than the tenant's quota (raise dram_quota/disk_quota in the node's tenants file)";
+    case kNodeBusy: return "the node holds its maximum of connections (raise --max-connections on the node)";
     default: return "unknown status";
   }
 }

@@ -54,6 +54,9 @@ std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int time
   const std::string whose = tenant.empty() ? "auth key" : "key of tenant '" + tenant + "'";
   if (sh.magic != kServerHelloMagic)
     fail(ErrorKind::Protocol, who + " is not a MemKV node (bad handshake magic); check MEMKV_SERVERS");
+  if (sh.status == kNodeBusy)
+    fail(ErrorKind::Connection, who + " refused the connection: it already holds its maximum of connections "
+                                      "(raise --max-connections / MEMKV_MAX_CONNECTIONS on the node)");
   if (sh.status == kAuthFailed)
     fail(ErrorKind::Auth, "authentication with " + who + " failed: the node has no tenant '" + tenant +
                               "' (check MEMKV_TENANT; `memkv tenant list --file FILE` shows the node's tenants)");
@@ -85,6 +88,64 @@ std::unique_ptr<Session> Session::client(Socket sock, const Key32& key, int time
   return s;
 }
 
+bool ServerHandshake::hello(const ClientHello& hello, const KeyLookup& key_for,
+                            const std::array<uint8_t, kNodeIdLen>& node_id, uint64_t max_value_bytes,
+                            ServerHello* reply, std::string* why) {
+  hello_ = hello;
+  ServerHello& sh = reply_;
+  sh = ServerHello{};
+  sh.magic = kServerHelloMagic;
+  if (hello.magic != kHelloMagic) {
+    *why = "not a MemKV client (bad handshake magic)";
+    return false;
+  }
+  if (hello.min_version > kVersion || hello.max_version < kMinVersion) {
+    sh.version = 0;
+    sh.status = kVersionUnsupported;
+    *reply = sh;
+    *why = "client speaks protocol versions " + std::to_string(hello.min_version) + ".." +
+           std::to_string(hello.max_version) + " only";
+    return false;
+  }
+  tenant_.assign(hello.tenant, std::min<size_t>(hello.tenant_len, kMaxTenantLen));
+  if (hello.tenant_len > kMaxTenantLen || !key_for(tenant_, &key_)) {
+    // Nothing to prove with: say so (the client then names MEMKV_TENANT).
+    sh.status = kAuthFailed;
+    *reply = sh;
+    *why = "authentication failed: unknown tenant '" + tenant_ + "'";
+    return false;
+  }
+  Hmac master(key_.data());
+  sh.version = std::min<uint16_t>(hello.max_version, kVersion);
+  random_bytes(sh.nonce, kNonceLen);
+  std::memcpy(sh.node_id, node_id.data(), kNodeIdLen);
+  sh.max_value_bytes = max_value_bytes;
+  master.sign({Span(kServerProofLabel), Span(&hello_, sizeof(hello_)), Span(&sh, kServerProofCovered)}, sh.proof);
+  *reply = sh;
+  return true;
+}
+
+std::unique_ptr<Session> ServerHandshake::finish(Socket& sock, const ClientAuth& auth, AuthResult* result,
+                                                 std::string* why) {
+  Hmac master(key_.data());
+  *result = AuthResult{};
+  result->magic = kAuthResultMagic;
+  bool ok = auth.magic == kAuthMagic && master.verify({Span(kClientProofLabel), Span(hello_.nonce, kNonceLen),
+                                                       Span(reply_.nonce, kNonceLen)},
+                                                      auth.proof);
+  result->status = ok ? kOk : kAuthFailed;
+  if (!ok) {
+    *why = "authentication failed: bad client proof (wrong auth key)";
+    return nullptr;
+  }
+  Key32 c2s = derive(master, kC2SLabel, hello_.nonce, reply_.nonce);
+  Key32 s2c = derive(master, kS2CLabel, hello_.nonce, reply_.nonce);
+  std::unique_ptr<Session> s(new Session(std::move(sock), s2c, c2s));
+  s->peer_.version = reply_.version;
+  s->peer_.tenant = tenant_;
+  return s;
+}
+
 std::unique_ptr<Session> Session::server(Socket sock, const KeyLookup& key_for,
                                          const std::array<uint8_t, kNodeIdLen>& node_id, uint64_t max_value_bytes,
                                          int timeout_ms, std::string* why) {
@@ -93,57 +154,19 @@ std::unique_ptr<Session> Session::server(Socket sock, const KeyLookup& key_for,
     *why = "closed before the handshake";
     return nullptr;
   }
-  if (hello.magic != kHelloMagic) {
-    *why = "not a MemKV client (bad handshake magic)";
-    return nullptr;
-  }
+  ServerHandshake hs;
   ServerHello sh{};
-  sh.magic = kServerHelloMagic;
-  if (hello.min_version > kVersion || hello.max_version < kMinVersion) {
-    sh.version = 0;
-    sh.status = kVersionUnsupported;
-    sock.send_all(&sh, sizeof(sh), timeout_ms);
-    *why = "client speaks protocol versions " + std::to_string(hello.min_version) + ".." +
-           std::to_string(hello.max_version) + " only";
-    return nullptr;
-  }
-  Key32 key{};
-  std::string tenant(hello.tenant, std::min<size_t>(hello.tenant_len, kMaxTenantLen));
-  if (hello.tenant_len > kMaxTenantLen || !key_for(tenant, &key)) {
-    // Nothing to prove with: say so (the client then names MEMKV_TENANT).
-    sh.status = kAuthFailed;
-    sock.send_all(&sh, sizeof(sh), timeout_ms);
-    *why = "authentication failed: unknown tenant '" + tenant + "'";
-    return nullptr;
-  }
-  Hmac master(key.data());
-  sh.version = std::min<uint16_t>(hello.max_version, kVersion);
-  random_bytes(sh.nonce, kNonceLen);
-  std::memcpy(sh.node_id, node_id.data(), kNodeIdLen);
-  sh.max_value_bytes = max_value_bytes;
-  master.sign({Span(kServerProofLabel), Span(&hello, sizeof(hello)), Span(&sh, kServerProofCovered)}, sh.proof);
-  sock.send_all(&sh, sizeof(sh), timeout_ms);
-
+  bool ok = hs.hello(hello, key_for, node_id, max_value_bytes, &sh, why);
+  if (sh.magic == kServerHelloMagic) sock.send_all(&sh, sizeof(sh), timeout_ms);
+  if (!ok) return nullptr;
   ClientAuth auth{};
   if (!sock.recv_first(&auth, sizeof(auth), timeout_ms, timeout_ms)) {
     *why = "authentication failed: the client closed the handshake (it does not hold our auth key)";
     return nullptr;
   }
   AuthResult res{};
-  res.magic = kAuthResultMagic;
-  bool ok = auth.magic == kAuthMagic &&
-            master.verify({Span(kClientProofLabel), Span(hello.nonce, kNonceLen), Span(sh.nonce, kNonceLen)}, auth.proof);
-  res.status = ok ? kOk : kAuthFailed;
-  sock.send_all(&res, sizeof(res), timeout_ms);
-  if (!ok) {
-    *why = "authentication failed: bad client proof (wrong auth key)";
-    return nullptr;
-  }
-  Key32 c2s = derive(master, kC2SLabel, hello.nonce, sh.nonce);
-  Key32 s2c = derive(master, kS2CLabel, hello.nonce, sh.nonce);
-  std::unique_ptr<Session> s(new Session(std::move(sock), s2c, c2s));
-  s->peer_.version = sh.version;
-  s->peer_.tenant = std::move(tenant);
+  std::unique_ptr<Session> s = hs.finish(sock, auth, &res, why);
+  (s ? s->sock_ : sock).send_all(&res, sizeof(res), timeout_ms);
   return s;
 }
 

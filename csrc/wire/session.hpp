@@ -27,6 +27,32 @@ struct PeerInfo {
   uint64_t max_value_bytes = 0;
 };
 
+class Session;
+
+// The node's side of the handshake, one step per client message, so that a
+// node waiting for a client's next message needs no thread for it (the
+// event loop runs each step once the message is queued in full).
+class ServerHandshake {
+ public:
+  using KeyLookup = std::function<bool(std::string_view tenant, Key32* key)>;
+  // Step 1, the ClientHello: fills the ServerHello to send. False when the
+  // client is refused (*why says why); the reply still goes out unless its
+  // magic was left 0 (not a MemKV client: nothing to answer).
+  bool hello(const ClientHello& hello, const KeyLookup& key_for, const std::array<uint8_t, kNodeIdLen>& node_id,
+             uint64_t max_value_bytes, ServerHello* reply, std::string* why);
+  // Step 2, the ClientAuth: fills the AuthResult to send and, when the
+  // client proved the key, returns the session over `sock`.
+  std::unique_ptr<Session> finish(Socket& sock, const ClientAuth& auth, AuthResult* result, std::string* why);
+  // The tenant the client named in its hello ("" = the cluster key).
+  const std::string& tenant() const { return tenant_; }
+
+ private:
+  Key32 key_{};
+  ClientHello hello_{};
+  ServerHello reply_{};
+  std::string tenant_;
+};
+
 class Session {
  public:
   // Client side: runs the handshake on a connected socket, proving `key` as
@@ -34,10 +60,11 @@ class Session {
   // not prove the same key, does not know the tenant, or rejects ours.
   static std::unique_ptr<Session> client(Socket sock, const Key32& key, int timeout_ms,
                                          const std::string& tenant = {});
-  // Node side: `key_for(tenant, &key)` gives the key a client naming `tenant`
-  // must prove ("" = the cluster key), false if there is none. Returns
-  // nullptr (after answering) when the peer fails to authenticate.
-  using KeyLookup = std::function<bool(std::string_view tenant, Key32* key)>;
+  // Node side, blocking (both ServerHandshake steps in turn): `key_for(tenant,
+  // &key)` gives the key a client naming `tenant` must prove ("" = the
+  // cluster key), false if there is none. Returns nullptr (after answering)
+  // when the peer fails to authenticate.
+  using KeyLookup = ServerHandshake::KeyLookup;
   static std::unique_ptr<Session> server(Socket sock, const KeyLookup& key_for,
                                          const std::array<uint8_t, kNodeIdLen>& node_id, uint64_t max_value_bytes,
                                          int timeout_ms, std::string* why);
@@ -79,6 +106,7 @@ class Session {
   bool recv_frame(FrameHeader* h, std::vector<uint8_t>* meta, int idle_timeout_ms, int timeout_ms);
 
  private:
+  friend class ServerHandshake;
   Session(Socket sock, const Key32& send_key, const Key32& recv_key);
   void seal(FrameHeader* h, const std::vector<uint8_t>& meta);
   void seal_value(const FrameHeader& h, uint32_t index, uint32_t crc, uint8_t out[kSealLen]);

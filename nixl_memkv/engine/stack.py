@@ -147,6 +147,7 @@ class MemKVNodeProcess(ManagedProcess):
     def __init__(self, workdir: str, index: int, secrets: Secrets, dram: str = "1GiB", disk: str = "8GiB",
                  host: str = "127.0.0.1"):
         self.host, self.port = host, free_port(host)
+        self.auth_key = secrets.auth_key
         self.data_dir = os.path.join(workdir, f"node{index}")
         os.makedirs(self.data_dir, exist_ok=True)
         cmd = [sys.executable, "-P", "-m", "nixl_memkv", "server", "--data-dir", self.data_dir, "--host", host,
@@ -164,7 +165,9 @@ class MemKVNodeProcess(ManagedProcess):
         return _http_ok(f"http://{self.host}:{self.port + 1}/v1/health")
 
     def status(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.host}:{self.port + 1}/v1/status", timeout=5) as r:
+        req = urllib.request.Request(f"http://{self.host}:{self.port + 1}/v1/status",
+                                     headers={"Authorization": f"Bearer {self.auth_key}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)
 
 

