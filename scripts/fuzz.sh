@@ -61,7 +61,7 @@ done
 
 # clang-14 with its sanitizer and libFuzzer runtimes (Debian bookworm).
 ensure_clang() {
-  local need=() p
+  local need=()
   command -v clang++-14 >/dev/null 2>&1 || need+=(clang-14)
   dpkg -s libclang-rt-14-dev >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
   [ ${#need[@]} -eq 0 ] && return 0
