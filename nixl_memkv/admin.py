@@ -170,6 +170,10 @@ class AdminServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "memkv-admin"
+            # http.server's default, HTTP/0.9, answers a malformed request
+            # line with a bare HTML body and no status line (found by
+            # fuzz/python/fuzz_admin.py): every reply gets one instead.
+            default_request_version = "HTTP/1.0"
 
             def do_GET(self):  # noqa: N802 (http.server naming)
                 path = self.path.split("?", 1)[0]

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <system_error>
 #include <thread>
+#include <unordered_set>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -76,6 +77,9 @@ bool decode_header(const uint8_t* h, RecordInfo* r) {
   if (format != kFormat || key_len == 0 || key_len > wire::kMaxStoredKeyLen) return false;
   if (crc32c(0, h, kHeaderCrcOffset) != hcrc) return false;
   std::memcpy(&r->size, h + 16, 8);
+  // No value can be larger than one frame carries; a larger size is corrupt
+  // (and would overflow the page rounding of min_file_len and file_bytes).
+  if (r->size > wire::kMaxDataLen) return false;
   std::memcpy(&r->crc, h + 24, 4);
   std::memcpy(&r->written_ns, h + 32, 8);
   r->key.assign(reinterpret_cast<const char*>(h + kKeyOffset), key_len);
@@ -365,14 +369,19 @@ bool ShardFiles::load_index(std::vector<RecordInfo>* records) {
     ByteReader r(in.data() + 8, in.size() - 12);
     uint64_t n = r.u64();
     records->clear();
+    // save_index writes each key once, sizes within the protocol's limit:
+    // anything else is not a snapshot to trust (the records are scanned).
+    std::unordered_set<std::string> keys;
     for (uint64_t i = 0; i < n; ++i) {
       RecordInfo rec;
       rec.key = std::string(r.key());
       rec.size = r.u64();
       rec.crc = r.u32();
       rec.written_ns = r.u64();
+      if (rec.key.empty() || rec.key.size() > wire::kMaxStoredKeyLen || rec.size > wire::kMaxDataLen ||
+          !keys.insert(rec.key).second)
+        return false;
       rec.file_bytes = file_bytes(rec.size);
-      if (rec.key.empty() || rec.key.size() > wire::kMaxStoredKeyLen) return false;
       records->push_back(std::move(rec));
     }
     r.expect_end();

@@ -391,6 +391,13 @@ ValuePtr Store::get(const std::string& key, uint32_t* crc) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = index_.find(key);
   bool same = it != index_.end() && it->second->version == version && !it->second->dram;
+  // The record must be the value the index describes (its size and CRC, from
+  // the snapshot or the scan): else the index would promise one size and the
+  // read bring another. A mismatch is dropped like any corrupt record.
+  if (v && same && (v->size != it->second->size || file_crc != it->second->crc)) {
+    v.reset();
+    corrupt = true;
+  }
   if (!v) {
     if (corrupt) {
       ++corrupt_;

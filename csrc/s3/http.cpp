@@ -127,7 +127,9 @@ bool HttpConn::read_request(Request* r, int idle_ms) {
   std::string line = read_line(kMaxLine);
   while (line.empty()) line = read_line(kMaxLine);  // stray CRLF between requests (RFC 9112 §2.2)
   size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-  if (sp1 == std::string::npos || sp2 == sp1) throw HttpError(400, "malformed request line");
+  // A method is at least one character: " /x HTTP/1.1" is no request (RFC 9112 §3).
+  if (sp1 == std::string::npos || sp1 == 0 || sp2 == sp1)
+    throw HttpError(400, "malformed request line (expected METHOD /path HTTP/1.1)");
   r->method = line.substr(0, sp1);
   std::string target = line.substr(sp1 + 1, sp2 - sp1 - 1);
   std::string version = line.substr(sp2 + 1);
