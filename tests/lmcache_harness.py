@@ -7,7 +7,7 @@ loader, StorageManager, LocalCPUBackend, the plugin loader, lookups,
 retrieves) is LMCache's own code.
 
 Also runnable as a child process (a second "replica" or a restarted one):
-    python lmcache_harness.py store|retrieve|lookup CONFIG_YAML SEED NTOKENS
+    python lmcache_harness.py store|retrieve|lookup|roundtrip CONFIG_YAML SEED NTOKENS
 prints one JSON line with the outcome.
 """
 
@@ -184,6 +184,17 @@ def _child(argv: list[str]) -> dict:
                 out["retrieved"] = n
                 out["bit_exact"] = bool(torch.equal(got[:, :, :n], expected[:, :, :n]))
                 out["stats"] = eng.plugin.stats()
+        elif op == "roundtrip":  # store, drop LMCache's own copy, retrieve from MemKV
+            expected = eng.fill(seed, ntokens)
+            eng.store(tokens)
+            assert eng.plugin.drain(60)
+            eng.clear_local()
+            n, got = eng.retrieve(tokens)
+            out["retrieved"] = n
+            out["bit_exact"] = bool(torch.equal(got[:, :, :n], expected[:, :, :n]))
+            out["stats"] = eng.plugin.stats()
+        out["files"] = {m: sys.modules[m].__file__ for m in ("nixl_memkv", "nixl_memkv._client", "memkv_lmcache.backend")
+                        if m in sys.modules}
         return out
     finally:
         eng.close()

@@ -10,7 +10,7 @@ need CUDA kernels. Tests play the scheduler's part of a prefetch (allocate
 host pages for the hit, hand the op back, drain the acks).
 
 Also runnable as a child process (another replica):
-    python sglang_harness.py prefetch CONFIG_JSON
+    python sglang_harness.py prefetch|roundtrip CONFIG_JSON
 prints one JSON line with the outcome, and
     python sglang_harness.py build-extensions
 compiles sglang's JIT native page hash into TORCH_EXTENSIONS_DIR (scripts/test.sh
@@ -195,6 +195,25 @@ def _child(config: dict) -> dict:
         rig.close()
 
 
+def _roundtrip(config: dict) -> dict:
+    """Backs pages up, drops them from the host, prefetches them back."""
+    seed, n_pages = config.pop("seed"), config.pop("n_pages")
+    rig = Rig(**config)
+    try:
+        data, tokens = rig.page_data(seed, n_pages), rig.tokens(seed, n_pages)
+        idx = rig.write_pages(data)
+        backed = rig.backup(idx, tokens)
+        rig.host.free(idx)
+        rig.zero_host()
+        hit, done, idx = rig.prefetch(tokens)
+        same = bool(done) and all(torch.equal(a, b) for a, b in zip(rig.read_pages(idx, done // rig.page), data))
+        files = {m: sys.modules[m].__file__ for m in ("nixl_memkv", "nixl_memkv._client", "memkv_sglang.backend")}
+        return {"backed": backed, "hit": hit, "done": done, "bit_exact": same, "backend": type(rig.backend).__module__
+                + "." + type(rig.backend).__name__, "files": files}
+    finally:
+        rig.close()
+
+
 def build_extensions() -> str:
     """Compiles (or finds up to date) sglang's native page hash; returns its path."""
     get_storage_hash_str(list(range(4)), None, page_size=4)  # the first hash builds it
@@ -211,6 +230,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "build-extensions":
         print(f"sglang native hash: {build_extensions()}", flush=True)
         os._exit(0)
-    result = _child(json.loads(sys.argv[2]))
+    result = (_roundtrip if sys.argv[1] == "roundtrip" else _child)(json.loads(sys.argv[2]))
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)
