@@ -116,13 +116,18 @@ for t in "${selected[@]}"; do
     # OpenSSL's per-thread state freed at thread exit: a per-input leak check
     # sees that in flight. Leaks there are caught at exit, after Node::stop.
     [ "$t" = node_ops ] && extra+=(-detect_leaks=0)
+    # ...and OpenSSL's per-thread state of the node's long-lived workers is
+    # not a leak (fuzz/lsan-node.supp says why).
+    lsan=""
+    [ "$t" = node_ops ] && lsan="suppressions=$PWD/fuzz/lsan-node.supp"
   else
     cmd=("$python" "fuzz/python/fuzz_$t.py")
     extra=(-max_len=4096)
+    lsan=""
   fi
   # A hard stop well past the run time: a target that wedges is a hang too.
   set +e
-  TMPDIR=$scratch ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  TMPDIR=$scratch LSAN_OPTIONS=$lsan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     timeout -k 10 $((time_s + 120)) nice "${cmd[@]}" "${common[@]}" "${extra[@]}" -artifact_prefix="$artifacts/" \
     "$corpus" >"$log" 2>&1
   rc=$?

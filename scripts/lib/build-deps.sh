@@ -65,7 +65,12 @@ install_memkv() {
   ensure_build_debs
   step "torch 2.13.0, the CPU build (about 200 MB; 1 minute)"
   pip_install "torch==2.13.0"
-  step "MemKV and its [$1] extra (pyproject.toml), building its C++ core" \
-    "and Cython bindings (2-4 minutes)"
-  pip_install ".[$1]"
+  # The wheels are built once (scripts/build-wheels.sh: the core, and the
+  # LMCache and sglang wheels the engines' documents install), and the core
+  # wheel is what gets installed: the same files `pip install .` installs.
+  step "MemKV's wheels (scripts/build-wheels.sh: its C++ core and Cython bindings, 2-4 minutes)," \
+    "then the core with its [$1] extra"
+  pip_install "scikit-build-core>=0.10" "cython>=3.0" "wheel>=0.40"
+  PYTHON=python3 bash scripts/build-wheels.sh dist
+  pip_install "$(ls dist/nixl_memkv-*.whl)[$1]"
 }
