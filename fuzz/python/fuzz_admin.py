@@ -33,7 +33,8 @@ with atheris.instrument_imports(include=["http.server", "prometheus_client"]):
     import http.server  # noqa: F401
     import prometheus_client  # noqa: F401
 _admin = _load("memkv_fuzzed_admin", "nixl_memkv/admin.py")
-for _f in (_admin.AdminServer.__init__, _admin._NodeCollector.collect, _admin._tenant_metrics):
+for _f in (_admin.AdminServer.__init__, _admin._NodeCollector.collect, _admin._tenant_metrics,
+           _admin.AdminAccess.scope, _admin._tenant_view):
     atheris.instrument_func(_f)
 AdminServer = _admin.AdminServer
 
@@ -47,12 +48,16 @@ _STATUS = {
     "ops": {"put": 4, "get": 5}, "op_errors": {"put": 0, "get": 1},
     "bytes_in": 1, "bytes_out": 2, "hits": 3, "misses": 4,
     "evictions": {"dram": 0, "disk": 0}, "connections": 1, "auth_failures": 0, "protocol_errors": 0,
+    "rejected_connections": 0, "stalled_connections": 0, "worker_threads": 2,
     "checksum_failures": 0, "corrupt_records": 0, "flush_errors": 0,
     "rdma": {"connections_total": 0, "bytes_in": 0, "bytes_out": 0, "node_checksummed_values": 0},
     "tenants": {"team-a": _TENANT},
 }
 
-_server = AdminServer("127.0.0.1", 0, lambda: _STATUS, lambda: True)
+# The default access mode; requests come from loopback, so /v1/status is
+# served, and any bearer token an input sends is checked against these keys.
+_access = _admin.AdminAccess("local", b"\x11" * 32, lambda: {"team-a": b"\x22" * 32})
+_server = AdminServer("127.0.0.1", 0, lambda: _STATUS, lambda: True, _access)
 _httpd = _server._httpd  # the real ThreadingHTTPServer and its handler class
 
 
