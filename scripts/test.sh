@@ -29,7 +29,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing may reach a model hub
 export TORCH_EXTENSIONS_DIR="$PWD/build/torch-extensions"
 # -P: import the installed package, not the source tree in the working directory.
 set +e
-python3 -P -m pytest -q -p no:cacheprovider "$@"
+python3 -P -m pytest -q -p no:cacheprovider --durations=25 "$@"
 host_rc=$?
 set -e
 

@@ -72,5 +72,11 @@ install_memkv() {
     "then the core with its [$1] extra"
   pip_install "scikit-build-core>=0.10" "cython>=3.0" "wheel>=0.40"
   PYTHON=python3 bash scripts/build-wheels.sh dist
-  pip_install "$(ls dist/nixl_memkv-*.whl)[$1]"
+  local core
+  core=$(ls dist/nixl_memkv-*.whl)
+  # The version stays 0.1.0 from commit to commit, so pip would call an earlier
+  # install of it "already satisfied" and keep its stale files: replace them
+  # first, then add the extra's requirements.
+  pip_install --force-reinstall --no-deps "$core"
+  pip_install "$core[$1]"
 }
