@@ -56,6 +56,8 @@ class _NodeCollector:
         ev.add_metric(["dram"], s["evictions"]["dram"])
         ev.add_metric(["disk"], s["evictions"]["disk"])
         yield ev
+        yield c("memkv_evictions_dropped", "Objects forgotten by an eviction (no copy left on any tier)",
+                value=s["evictions"]["dropped"])
         yield g("memkv_connections", "Open client connections", value=s["connections"])
         yield c("memkv_rejected_connections", "Connections refused at the connection limit (--max-connections)",
                 value=s["rejected_connections"])
@@ -79,6 +81,15 @@ class _NodeCollector:
         yield c("memkv_rdma_node_checksummed_values",
                 "GPUDirect puts from GPU memory, checksummed by the node as they landed",
                 value=s["rdma"]["node_checksummed_values"])
+        s3 = s["s3"]
+        if s3["port"] is not None:  # a node without the S3 door has no such series
+            yield c("memkv_s3_requests", "Requests the S3 door answered", value=s3["requests"])
+            yield c("memkv_s3_errors", "S3 requests answered with an error response", value=s3["errors"])
+            s3b = c("memkv_s3_bytes", "Object bytes through the S3 door", labels=["direction"])
+            s3b.add_metric(["in"], s3["bytes_in"])
+            s3b.add_metric(["out"], s3["bytes_out"])
+            yield s3b
+            yield c("memkv_s3_connections", "Connections the S3 door accepted", value=s3["connections_total"])
         yield from _tenant_metrics(s.get("tenants") or {})
 
 

@@ -74,11 +74,32 @@ def server(config_path, **flags) -> None:
         _fail(e)
 
 
+def _check_admins(admins: tuple[str, ...], nodes: list[str]) -> tuple[str, ...]:
+    """Each --admin as canonical host:port, one per server at most."""
+    from .config import format_server, split_server
+    from .errors import ConfigError
+
+    if len(admins) > len(nodes):
+        raise ConfigError(f"--admin was given {len(admins)} times for {len(nodes)} server(s): give at most one "
+                          "--admin HOST:PORT per server, in the order of SERVERS")
+    checked = []
+    for a in admins:
+        try:
+            host, port = split_server(a, default_port=0)
+            if port == 0:
+                raise ValueError(f"{a!r} has no port")
+        except ValueError as exc:
+            raise ConfigError(f"--admin {a!r} is not valid ({exc}): expected the admin HOST:PORT, "
+                              "e.g. --admin 10.0.0.5:9901") from None
+        checked.append(format_server(host, port))
+    return tuple(checked)
+
+
 def _admin_url(server: str, admin: str | None) -> str:
     from .config import format_server, split_server
 
     if admin:
-        return f"http://{admin}"
+        return f"http://{admin}"  # already checked by _check_admins
     host, port = split_server(server)
     return f"http://{format_server(host, port + 1)}"
 
@@ -102,6 +123,7 @@ def status(servers, admins, as_json, timeout) -> None:
                                             override_labels={"servers": "SERVERS"}).servers)
         else:
             nodes = list(load_client_config(None, servers_hint="name them: memkv status HOST:PORT ...").servers)
+        admins = _check_admins(admins, nodes)
         urls = [_admin_url(s, admins[i] if i < len(admins) else None) + "/v1/status" for i, s in enumerate(nodes)]
     except MemKVError as e:
         _fail(e)

@@ -11,7 +11,8 @@ value is a pure function of (key, version), so any byte read back is
 checked against what was written:
 
 - wrong:   bytes that match no version ever written for that key;
-- stale:   an older version than one the node had to keep;
+- stale:   an older version than one the node had to keep (bytes that equal
+           a newer version too, as short values can, count as the newer);
 - lost:    a miss for a key whose value the node had to keep;
 - phantom: a value for a key that was never written, or an incomplete
            multi-part object;
@@ -66,6 +67,9 @@ for _var, _val in (("LMCACHE_TRACK_USAGE", "false"), ("VLLM_NO_USAGE_STATS", "1"
 
 SIZES = (1, 100, 4096, 65536 + 17, 300_000, 1 << 20, (2 << 20) + 3)
 INTERVAL_MS = 100
+# A restart after a crash scans every record: on a machine busy with other
+# work that has taken 25 s, so starts get longer than the test harness's 30 s.
+START_TIMEOUT_S = 180.0
 KEEP_LOOPS = 4  # keys of this many recent loops stay in the store and are checked after every crash
 
 
@@ -83,6 +87,7 @@ class KeyLog:
     must_keep: int = -1        # the node must return this version or a later one (-1: nothing owed)
     deleted_acked: bool = False  # the last acknowledged op was a delete
     delete_required: bool = False  # that delete was acknowledged before a checkpoint / with fsync always
+    acked: list[tuple[int, str, float]] = field(default_factory=list)  # (version, how, wall time) of each ack
 
 
 class Ledger:
@@ -90,6 +95,7 @@ class Ledger:
         self.keys: dict[str, KeyLog] = {}
         self.mu = threading.Lock()
         self.acks = self.batch_acks = self.part_acks = self.deletes = 0
+        self.checkpointed_at = self.killed_at = 0.0  # wall times, for failure reports
 
     def attempt(self, key: str, size: int) -> int:
         with self.mu:
@@ -102,6 +108,7 @@ class Ledger:
         with self.mu:
             log = self.keys[key]
             log.pending.append(version)
+            log.acked.append((version, kind, time.time()))
             log.deleted_acked = False
             self.acks += 1
             if kind == "batch":
@@ -119,6 +126,7 @@ class Ledger:
         (what was owed before that, verify() already settled); `deletes`:
         acknowledged deletes too (fsync=always)."""
         with self.mu:
+            self.checkpointed_at = time.time()
             for log in self.keys.values():
                 if log.pending:
                     log.must_keep = max(log.must_keep, log.pending[-1])
@@ -198,7 +206,28 @@ class Verdict:
     undeleted: int = 0  # back after an interval-mode delete not yet synced: allowed
 
 
-def verify(client: Client, ledger: Ledger, strays: list[str]) -> Verdict:
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
+def describe(key: str, log: KeyLog, ledger: "Ledger", data_dir: str | None) -> str:
+    """What was done to `key` and what its record file holds, for a failure report."""
+    acks = ", ".join(f"v{v} {how} acked {_clock(t)}" for v, how, t in log.acked)
+    facts = (f"acks: {acks or 'none'}; last checkpoint {_clock(ledger.checkpointed_at) if ledger.checkpointed_at else '-'}"
+             f", kill {_clock(ledger.killed_at) if ledger.killed_at else '-'}")
+    if data_dir:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        path = os.path.join(data_dir, "shards", digest[:2], digest[:32])
+        try:
+            with open(path, "rb") as f:
+                written_ns = int.from_bytes(f.read(40)[32:40], "little")
+            facts += f"; record {path}: written {_clock(written_ns / 1e9)}, mtime {_clock(os.path.getmtime(path))}"
+        except OSError as e:
+            facts += f"; record {path}: {e.strerror}"
+    return facts
+
+
+def verify(client: Client, ledger: Ledger, strays: list[str], data_dir: str | None = None) -> Verdict:
     out = Verdict()
     keys = list(ledger.keys)
     for start in range(0, len(keys), 64):
@@ -217,13 +246,16 @@ def verify(client: Client, ledger: Ledger, strays: list[str]) -> Verdict:
                 log.must_keep = -1  # gone: nothing is owed from now on
                 continue
             out.present += 1
-            match = next((v for v in log.versions if len(got) == log.size and got == value_of(key, v, log.size)),
-                         None)
+            # The newest version with these bytes: short values of two versions
+            # can be equal (1-byte values are, 1 time in 256), and equal bytes
+            # are not an older value.
+            match = max((v for v in log.versions if len(got) == log.size and got == value_of(key, v, log.size)),
+                        default=None)
             if match is None:
                 out.wrong.append(key)
                 continue
             if match < log.must_keep:
-                out.stale.append(f"{key} v{match} < v{log.must_keep}")
+                out.stale.append(f"{key} v{match} < v{log.must_keep}: {describe(key, log, ledger, data_dir)}")
             if log.deleted_acked and log.delete_required:
                 out.resurrected.append(key)
             elif log.deleted_acked:
@@ -289,6 +321,7 @@ def crash_loop(node: NodeProc, auth_key: str, ledger: Ledger, loop: int, fsync: 
     if fsync == "always":
         ledger.checkpoint(deletes=True)  # every acknowledgement so far was durable when it was given
     dying.set()  # from here on, writers' errors are the kill's doing
+    ledger.killed_at = time.time()
     node.kill()
     stop.set()
     for t in threads:
@@ -298,10 +331,10 @@ def crash_loop(node: NodeProc, auth_key: str, ledger: Ledger, loop: int, fsync: 
     if fsync == "always":
         ledger.checkpoint(deletes=True)  # acks that raced the kill were durable too
     t0 = time.monotonic()
-    node.start()
+    node.start(wait=False).wait_ready(START_TIMEOUT_S)
     restart_s = time.monotonic() - t0
     with Client(servers=node.address, auth_key=auth_key, transport="tcp", op_timeout_ms=30000) as c:
-        verdict = verify(c, ledger, [f"never/{loop}/{i}" for i in range(8)])
+        verdict = verify(c, ledger, [f"never/{loop}/{i}" for i in range(8)], node.data_dir)
         retire(c, ledger, loop + 1 - KEEP_LOOPS)
     return verdict, errors, restart_s
 
@@ -337,7 +370,7 @@ def torn_round(node: NodeProc, auth_key: str, ledger: Ledger, rng: random.Random
     if records:  # a half-written temp file next to a record, as a crash mid-write leaves
         with open(records[0] + ".tmp-torture", "wb") as f:
             f.write(os.urandom(5000))
-    node.start()
+    node.start(wait=False).wait_ready(START_TIMEOUT_S)
     with Client(servers=node.address, auth_key=auth_key, transport="tcp", op_timeout_ms=30000) as c:
         # Damaged records may now read as misses: nothing is owed for them.
         for log in ledger.keys.values():
@@ -357,6 +390,8 @@ def main() -> int:
     ap.add_argument("--torn", type=int, default=5, help="torn-write rounds after the loops (default 5)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON to this file")
+    ap.add_argument("--stop-on-failure", action="store_true",
+                    help="stop after the first loop that finds a failure, leaving its data directory as it was")
     args = ap.parse_args()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the node is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -380,7 +415,7 @@ def main() -> int:
                 node.stop()
             node = NodeProc(os.path.join(tmp, "data"), auth_key, "--fsync", fsync, "--fsync-interval-ms",
                             str(INTERVAL_MS), "--dram-capacity", "256MiB", "--disk-capacity", "8GiB")
-            node.start()
+            node.start(wait=False).wait_ready(START_TIMEOUT_S)
             acks0 = ledger.acks
             verdict, errors, restart_s = crash_loop(node, auth_key, ledger, loop, fsync, args.writers, rng)
             totals["loops"] += 1
@@ -396,6 +431,11 @@ def main() -> int:
             print(f"loop {loop + 1}/{args.loops} fsync={fsync}: +{ledger.acks - acks0} acks, {verdict.checked} keys "
                   f"checked ({verdict.present} present), wrong {len(verdict.wrong)}, stale {len(verdict.stale)}, "
                   f"lost {len(verdict.lost)}, phantom {len(verdict.phantom)}, restart {restart_s:.2f} s", flush=True)
+            if args.stop_on_failure and (errors or any(getattr(verdict, n) for n in
+                                                       ("wrong", "stale", "lost", "phantom", "resurrected"))):
+                print("torture: stopping at the first failure (--stop-on-failure)", flush=True)
+                args.torn = 0
+                break
         torn = []
         for r in range(args.torn):
             result = torn_round(node, auth_key, ledger, rng)

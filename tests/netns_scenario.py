@@ -192,6 +192,29 @@ def _both(clients: list[ClientProc], timeout: float, op: str, per_client: list[d
     return [c.reply(timeout) for c in clients]
 
 
+def _slowest(r: dict) -> float:
+    return max(i["s"] for i in r["items"])
+
+
+def _gets_served(clients: list[ClientProc], keys: list[str], note, phase: str, what: str) -> None:
+    """Every client reads every key back (a node's keys, or the others')."""
+    for c, r in zip(clients, _both(clients, 30, "get", keys=keys, size=VALUE)):
+        assert [i.get("result") for i in r["items"]] == ["ok"] * len(keys), r["items"]
+        note(phase, what, c.name, _slowest(r), NORMAL_S)
+
+
+def _gets_fail(clients: list[ClientProc], keys: list[str], wait_s: float, note, phase: str, what: str,
+               bound: float) -> list[dict]:
+    """Every client's get of every key fails as a connection failure (never a
+    miss or wrong bytes), the slowest within `bound`."""
+    rs = _both(clients, wait_s, "get", keys=keys, size=VALUE)
+    for c, r in zip(clients, rs):
+        for item in r["items"]:
+            assert "error" in item and "ConnectionFailed" in item["error"], item
+        note(phase, what, c.name, _slowest(r), bound)
+    return rs
+
+
 def run(workdir: str, log=print) -> list[Timing]:
     timings: list[Timing] = []
 
@@ -227,10 +250,7 @@ def _scenario(cl: Cluster, note, log) -> None:
     put = _both(clients, 30, "put", per_client=[{"keys": KEYS[0::2]}, {"keys": KEYS[1::2]}], size=VALUE)
     for c, r in zip(clients, put):
         assert all(i.get("result") == "ok" for i in r["items"]), f"{c.name} puts: {r['items']}"
-    got = _both(clients, 30, "get", keys=KEYS, size=VALUE)
-    for c, r in zip(clients, got):
-        assert [i.get("result") for i in r["items"]] == ["ok"] * len(KEYS), f"{c.name} gets: {r['items']}"
-        note("healthy", "get, slowest of 48 keys over A, B, C", c.name, max(i["s"] for i in r["items"]), NORMAL_S)
+    _gets_served(clients, KEYS, note, "healthy", f"get, slowest of {len(KEYS)} keys over A, B, C")
 
     # NIXL blocks and an LMCache prompt stored before the cut (client 1).
     hashes = list(range(0xB10C0, 0xB10C0 + NIXL_BLOCKS))
@@ -279,16 +299,9 @@ def _scenario(cl: Cluster, note, log) -> None:
         item = r["items"][0]
         assert "error" in item and "ConnectionFailed" in item["error"] and "10.88" in item["error"], item
         note("cut", "get on B, pooled connection (stale)", c.name, item["s"], STALE_BOUND_S)
-    rest = _both(clients, FRESH_BOUND_S * 3 + 30, "get", keys=b_keys[1:4], size=VALUE)
-    for c, r in zip(clients, rest):
-        for item in r["items"]:
-            assert "error" in item and "ConnectionFailed" in item["error"], item
-        note("cut", "get on B, new connection (slowest of 3)", c.name, max(i["s"] for i in r["items"]),
-             FRESH_BOUND_S)
-    ok = _both(clients, 30, "get", keys=others, size=VALUE)
-    for c, r in zip(clients, ok):
-        assert [i.get("result") for i in r["items"]] == ["ok"] * len(others), r["items"]
-        note("cut", f"get on A/C, slowest of {len(others)} keys", c.name, max(i["s"] for i in r["items"]), NORMAL_S)
+    _gets_fail(clients, b_keys[1:4], FRESH_BOUND_S * 3 + 30, note, "cut", "get on B, new connection (slowest of 3)",
+               FRESH_BOUND_S)
+    _gets_served(clients, others, note, "cut", f"get on A/C, slowest of {len(others)} keys")
     mixed = _both(clients, STALE_BOUND_S + 30, "mixed", slow_key=b_keys[4], keys=others, size=VALUE)
     for c, r in zip(clients, mixed):
         assert "error" in r["slow"], r["slow"]
@@ -350,16 +363,9 @@ def _scenario(cl: Cluster, note, log) -> None:
     # -- 4. netem on B's link: delay beyond the op timeout, then loss ------------------
     log(f"-- B's link: 2000 ms delay each way, by {net.impair('B', delay_ms=2000)}")
     # Replies would come 4 s after the request, past the 1 s op timeout: all fail.
-    slow = _both(clients, STALE_BOUND_S * 3 + 30, "get", keys=b_keys[:3], size=VALUE)
-    for c, r in zip(clients, slow):
-        for item in r["items"]:
-            assert "error" in item and "ConnectionFailed" in item["error"], item
-        note("delay 2s", "get on B (slowest of 3, all fail)", c.name, max(i["s"] for i in r["items"]),
-             STALE_BOUND_S)
-    ok = _both(clients, 30, "get", keys=others, size=VALUE)
-    for c, r in zip(clients, ok):
-        assert [i.get("result") for i in r["items"]] == ["ok"] * len(others), r["items"]
-        note("delay 2s", "get on A/C, slowest", c.name, max(i["s"] for i in r["items"]), NORMAL_S)
+    _gets_fail(clients, b_keys[:3], STALE_BOUND_S * 3 + 30, note, "delay 2s", "get on B (slowest of 3, all fail)",
+               STALE_BOUND_S)
+    _gets_served(clients, others, note, "delay 2s", "get on A/C, slowest")
 
     log(f"-- B's link: 40% loss each way, by {net.impair('B', loss_pct=40)}")
     lossy = _both(clients, LOSSY_BOUND_S * LOSSY_GETS + 30, "get", keys=b_keys[:LOSSY_GETS], size=VALUE)
@@ -367,11 +373,8 @@ def _scenario(cl: Cluster, note, log) -> None:
         results = [i.get("result", "error") for i in r["items"]]
         assert set(results) <= {"ok", "error"}, results  # never wrong bytes, never a miss
         note("loss 40%", f"get on B ({results.count('ok')} ok, {results.count('error')} failed), slowest",
-             c.name, max(i["s"] for i in r["items"]), LOSSY_BOUND_S)
-    ok = _both(clients, 30, "get", keys=others, size=VALUE)
-    for c, r in zip(clients, ok):
-        assert [i.get("result") for i in r["items"]] == ["ok"] * len(others), r["items"]
-        note("loss 40%", "get on A/C, slowest", c.name, max(i["s"] for i in r["items"]), NORMAL_S)
+             c.name, _slowest(r), LOSSY_BOUND_S)
+    _gets_served(clients, others, note, "loss 40%", "get on A/C, slowest")
 
     _heal(cl, "netem off", lambda: net.clear_impairment("B"), b_keys, note)
 
@@ -394,6 +397,4 @@ def _heal(cl: Cluster, how: str, action, b_keys: list[str], note) -> None:
     with ThreadPoolExecutor(len(cl.clients)) as ex:
         for c, s in zip(cl.clients, ex.map(poll, cl.clients)):
             note("healed", f"{how}: B serves this client again", c.name, s, RECOVERY_BOUND_S)
-    for c, r in zip(cl.clients, _both(cl.clients, 30, "get", keys=b_keys, size=VALUE)):
-        assert [i.get("result") for i in r["items"]] == ["ok"] * len(b_keys), r["items"]
-        note("healed", f"{how}: B's {len(b_keys)} keys, slowest", c.name, max(i["s"] for i in r["items"]), NORMAL_S)
+    _gets_served(cl.clients, b_keys, note, "healed", f"{how}: B's {len(b_keys)} keys, slowest")

@@ -62,6 +62,8 @@ def test_admin_endpoints(node, client_for):
     ops = {s.labels["op"]: s.value for s in fams["memkv_ops"].samples if s.name == "memkv_ops_total"}
     assert ops["put"] == 1 and ops["get"] == 2
     assert fams["memkv_keys"].samples[0].value == 1
+    assert fams["memkv_evictions_dropped"].samples[0].value == 0
+    assert "memkv_s3_requests" not in fams  # no S3 door on this node
     assert get(base + "/nope")[0] == 404
 
 

@@ -27,6 +27,11 @@ def test_status_errors_name_the_servers_argument():
     r = memkv("status", "127.0.0.1:1", "127.0.0.1:xyz", check=False, timeout=60)
     assert r.returncode == 2 and "SERVERS='127.0.0.1:1,127.0.0.1:xyz' is not valid" in r.stderr
 
+    r = memkv("status", "127.0.0.1:9900", "--admin", "127.0.0.1", check=False, timeout=60)
+    assert r.returncode == 2 and "--admin '127.0.0.1' is not valid ('127.0.0.1' has no port)" in r.stderr
+    r = memkv("status", "127.0.0.1:9900", "--admin", "h:1", "--admin", "h:2", check=False, timeout=60)
+    assert r.returncode == 2 and "--admin was given 2 times for 1 server(s)" in r.stderr
+
 
 def test_status_of_a_down_node_says_which_admin_address_failed(node, make_node):
     down = make_node(start=False, name="down")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import socket
 import time
+import urllib.request
 
 import boto3
 import botocore.auth
@@ -17,6 +18,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from prometheus_client.parser import text_string_to_metric_families
 
 from nixl_helpers import KvbmBlocks, backend_params, blocks, finish, memkv_agent, seq_hashes
 from nixl_memkv import Client
@@ -80,6 +82,16 @@ def test_boto3_object_round_trip(door):
     native.put("bucket-a/from-native", b"from the client")
     assert s3.get_object(Bucket="bucket-a", Key="from-native")["Body"].read() == b"from the client"
     native.close()
+    # The door's counters, as Prometheus scrapes them.
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.admin_port}/metrics", timeout=5) as r:
+        samples = {(s.name, s.labels.get("direction")): s.value
+                   for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+    st = node.status()["s3"]
+    assert samples[("memkv_s3_requests_total", None)] == st["requests"] >= 15
+    assert samples[("memkv_s3_errors_total", None)] == st["errors"] >= 3  # PreconditionFailed, InvalidRange, 404s
+    assert samples[("memkv_s3_bytes_total", "in")] >= len(body)
+    assert samples[("memkv_s3_bytes_total", "out")] >= 2 * len(body)
+    assert samples[("memkv_s3_connections_total", None)] >= 1
 
 
 def test_boto3_listing(door):
