@@ -13,7 +13,10 @@
 #   - /tmp, /run and /dev/shm are fresh tmpfs; RDMA_VM=1 is set.
 #
 # usage: scripts/rdma-vm.sh [--cpus N] [--mem MiB] [--timeout S] [--console] -- COMMAND [ARG...]
+#        scripts/rdma-vm.sh --prepare
 #   --console: also print the guest's whole console (boot, module loading) at the end
+#   --prepare: only install the packages and build the boot files (no guest), so a
+#              later run starts at once and runs no apt-get of its own
 # exit status: COMMAND's; 124 on timeout; 125 when the guest cannot start.
 #
 # The first run installs Debian packages (qemu, rdma-core, perftest, ...) and
@@ -21,19 +24,20 @@
 # (default ~/.cache/memkv-rdma-vm), about a minute; later boots take ~10 s.
 set -euo pipefail
 
-cpus=2 mem=4096 timeout_s=1800 show_console=0
+cpus=2 mem=4096 timeout_s=1800 show_console=0 prepare_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpus) cpus=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --console) show_console=1; shift ;;
+    --prepare) prepare_only=1; shift ;;
     --) shift; break ;;
     *) echo "rdma-vm: unknown option $1 (usage: rdma-vm.sh [--cpus N] [--mem MiB] [--timeout S] -- COMMAND...)" >&2
        exit 125 ;;
   esac
 done
-[ $# -gt 0 ] || { echo "rdma-vm: give a command after --" >&2; exit 125; }
+[ $# -gt 0 ] || [ "$prepare_only" = 1 ] || { echo "rdma-vm: give a command after --" >&2; exit 125; }
 
 cache_root=${MEMKV_RDMA_VM_CACHE:-$HOME/.cache/memkv-rdma-vm}
 # Boot files are kept per version of this script: a changed init or module
@@ -133,6 +137,17 @@ if [ ! -s "$cache/vmlinuz" ] || [ ! -s "$cache/initrd.gz" ]; then
   say "preparing the guest kernel and initramfs (once)"
   build_boot_files || exit 125
 fi
+[ "$prepare_only" = 1 ] && exit 0
+
+# The guest mounts a fresh tmpfs on /tmp: a Python environment there is not
+# in the guest.
+for env_dir in "${VIRTUAL_ENV:-}" "$(dirname "$(dirname "$(command -v python3 || echo /)")")"; do
+  if [[ "$env_dir/" == /tmp/* ]]; then
+    say "warning: $env_dir (the Python on PATH) is under /tmp, which the guest replaces with its own" \
+        "tmpfs: it is not there (make the environment outside /tmp)"
+    break
+  fi
+done
 
 # ---- run -------------------------------------------------------------------------------
 cwd=$(pwd -P)

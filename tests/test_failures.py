@@ -139,3 +139,25 @@ def test_close_while_calls_are_in_flight_and_calls_after_close(make_node, client
         c.batch_sizes(["a"], allow_partial=True)
     with pytest.raises(ConnectionFailed, match="client is closed"):
         c.put("k", b"v")
+
+
+def test_stop_cuts_an_upload_stalled_mid_value(make_node):
+    """SIGTERM lets ops in progress finish, but one whose client stopped
+    sending mid-value is cut after a short grace, not after the I/O timeout
+    (60 s by default: longer than systemd waits)."""
+    import struct
+
+    from nixl_memkv._client import _RawSession
+
+    n = make_node("--dram-capacity", "64MiB", "--disk-capacity", "0")
+    r = _RawSession(n.host, n.port, bytes.fromhex(n.auth_key), 10000)
+    size = 1 << 20
+    meta = struct.pack("<H", 5) + b"stall" + struct.pack("<QI", size, 0)
+    r.send_raw(r.encode_sealed(0x01, meta, [b"\0" * size])[:300_000])  # a put, 30% of its value
+    time.sleep(0.5)  # a worker is in the op, waiting for the rest
+    t0 = time.monotonic()
+    rc = n.stop()
+    took = time.monotonic() - t0
+    log = n.log()
+    assert rc == 0 and took < 15, (rc, took, log[-2000:])
+    assert "stopping: 1 connection(s) still mid-op after 5 s were cut" in log and "stopped cleanly" in log

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import zipfile
 
 import pytest
@@ -51,7 +52,16 @@ def fresh_venv(path) -> str:
     # global setuptools rather than ensurepip's older one.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True,
                    timeout=120)
-    return os.path.join(str(path), "bin", "python")
+    py = os.path.join(str(path), "bin", "python")
+    if sys.prefix != sys.base_prefix:
+        # Run from a venv, the new one's "system" packages would be the base
+        # interpreter's: add this venv's (after its own, so ours still win).
+        site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+        with open(os.path.join(site, "outer-venv.pth"), "w") as f:
+            f.write("".join(p + "\n" for p in sorted(outer)))
+    return py
 
 
 def pip_install(py: str, *args: str) -> str:

@@ -12,8 +12,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <system_error>
+#include <thread>
 
 #include "../common/error.hpp"
 #include "../common/log.hpp"
@@ -31,6 +33,7 @@ constexpr size_t kHandshakeMsg = sizeof(ClientHello);
 static_assert(sizeof(ClientAuth) == kHandshakeMsg);
 constexpr int kWaitMs = 1000;           // a waiting worker wakes this often (sweeps, retiring)
 constexpr int kRetireAfterWaits = 10;   // idle this many waits in a row: the worker retires
+constexpr int kStopGraceMs = 5000;      // at stop, ops still waiting on their client after this are cut
 constexpr int kMinWorkers = 2;
 constexpr int kAcceptBatch = 64;        // connections accepted per listener wake-up
 constexpr int kMaxRefusing = 256;       // over-limit clients told so at once; beyond this, just closed
@@ -86,6 +89,13 @@ void ConnectionLoop::stop() {
   uint64_t one = 1;
   if (::write(stop_fd_, &one, sizeof(one)) < 0) log(LogLevel::Warning, "cannot wake the node's workers");
   // Workers finish the op they are in, then leave; waiting ones leave now.
+  // An op still blocked on its client after kStopGraceMs (a client that
+  // stopped sending mid-request, or stopped reading a reply) would hold the
+  // stop for up to the I/O timeout: its socket is shut down, which ends the
+  // op with an error. Shut down under conns_mu_, so no socket is closed (and
+  // its number reused) meanwhile.
+  const auto grace_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(kStopGraceMs);
+  bool cut = false;
   for (;;) {
     std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> ws;
     {
@@ -93,6 +103,22 @@ void ConnectionLoop::stop() {
       ws.swap(workers_);
     }
     if (ws.empty()) break;
+    while (!cut) {
+      bool all_done = true;
+      for (auto& w : ws) all_done = all_done && w.second->load();
+      if (all_done) break;
+      if (std::chrono::steady_clock::now() >= grace_end) {
+        std::lock_guard<std::mutex> lk(conns_mu_);
+        size_t n = 0;
+        for (auto& c : conns_)
+          if (::shutdown(c->fd(), SHUT_RDWR) == 0) ++n;
+        log(LogLevel::Warning, "stopping: " + std::to_string(n) + " connection(s) still mid-op after " +
+                                   std::to_string(kStopGraceMs / 1000) + " s were cut");
+        cut = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     for (auto& w : ws) w.first.join();
   }
   {

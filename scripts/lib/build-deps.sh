@@ -78,5 +78,5 @@ install_memkv() {
   # install of it "already satisfied" and keep its stale files: replace them
   # first, then add the extra's requirements.
   pip_install --force-reinstall --no-deps "$core"
-  pip_install "$core[$1]"
+  pip_install "${core}[$1]"
 }
