@@ -13,7 +13,8 @@ checked against what was written:
 - wrong:   bytes that match no version ever written for that key;
 - stale:   an older version than one the node had to keep (bytes that equal
            a newer version too, as short values can, count as the newer);
-- lost:    a miss for a key whose value the node had to keep;
+- lost:    a miss for a key whose value the node had to keep (not after a
+           delete was sent: the kill may come between the delete and its answer);
 - phantom: a value for a key that was never written, or an incomplete
            multi-part object;
 - resurrected: a value back after a delete acknowledged with --fsync
@@ -86,6 +87,7 @@ class KeyLog:
     pending: list[int] = field(default_factory=list)   # versions acknowledged since the last verification
     must_keep: int = -1        # the node must return this version or a later one (-1: nothing owed)
     deleted_acked: bool = False  # the last acknowledged op was a delete
+    delete_sent: bool = False  # a delete was sent: if the kill beat its answer, it may have happened
     delete_required: bool = False  # that delete was acknowledged before a checkpoint / with fsync always
     acked: list[tuple[int, str, float]] = field(default_factory=list)  # (version, how, wall time) of each ack
 
@@ -115,6 +117,10 @@ class Ledger:
                 self.batch_acks += 1
             elif kind == "part":
                 self.part_acks += 1
+
+    def delete_sent(self, key: str) -> None:
+        with self.mu:
+            self.keys[key].delete_sent = True
 
     def delete_acked(self, key: str) -> None:
         with self.mu:
@@ -156,6 +162,7 @@ def writer(w: int, loop: int, client: Client, ledger: Ledger, rng: random.Random
                 ledger.ack(key, v, "put")
             elif op < 0.16 and mine:  # delete one of ours
                 key = mine.pop(rng.randrange(len(mine)))
+                ledger.delete_sent(key)
                 client.remove(key)
                 ledger.delete_acked(key)
             elif op < 0.40:  # a batch of 8
@@ -204,6 +211,7 @@ class Verdict:
     phantom: list = field(default_factory=list)
     resurrected: list = field(default_factory=list)
     undeleted: int = 0  # back after an interval-mode delete not yet synced: allowed
+    cut_deletes: int = 0  # gone after a delete the kill cut off before its answer: allowed
 
 
 def _clock(t: float) -> str:
@@ -239,10 +247,13 @@ def verify(client: Client, ledger: Ledger, strays: list[str], data_dir: str | No
             if got is None:
                 # An overwrite removes the old shard before the new one lands
                 # (a crash in between reads as a miss, never as the old value),
-                # so a miss is owed nothing once a newer version was attempted.
+                # so a miss is owed nothing once a newer version was attempted;
+                # nor once a delete was sent (the kill may have beaten its answer).
                 superseded = log.versions and log.versions[-1] > log.must_keep
-                if log.must_keep > 0 and not log.deleted_acked and not superseded:
+                if log.must_keep > 0 and not log.delete_sent and not superseded:
                     out.lost.append(key)
+                elif log.must_keep > 0 and log.delete_sent and not log.deleted_acked and not superseded:
+                    out.cut_deletes += 1
                 log.must_keep = -1  # gone: nothing is owed from now on
                 continue
             out.present += 1
@@ -400,7 +411,7 @@ def main() -> int:
     auth_key = generate_auth_key()
     tmp = tempfile.mkdtemp(prefix="memkv-torture-")
     totals = {"loops": 0, "acks": 0, "batch_acks": 0, "part_acks": 0, "deletes": 0, "checked": 0, "wrong": 0,
-              "stale": 0, "lost": 0, "phantom": 0, "resurrected": 0, "undeleted_interval": 0, "writer_errors": 0,
+              "stale": 0, "lost": 0, "phantom": 0, "resurrected": 0, "undeleted_interval": 0, "cut_deletes": 0, "writer_errors": 0,
               "restart_s_max": 0.0}
     examples: list[str] = []
     ledger = Ledger()
@@ -426,6 +437,7 @@ def main() -> int:
                 totals[name] += len(bad)
                 examples += [f"loop {loop} {name}: {k}" for k in bad[:3]]
             totals["undeleted_interval"] += verdict.undeleted
+            totals["cut_deletes"] += verdict.cut_deletes
             totals["writer_errors"] += len(errors)
             examples += [f"loop {loop}: {e}" for e in errors[:2]]
             print(f"loop {loop + 1}/{args.loops} fsync={fsync}: +{ledger.acks - acks0} acks, {verdict.checked} keys "
@@ -472,7 +484,8 @@ def main() -> int:
           f"{totals['acks']:,} acks ({totals['batch_acks']:,} in batches, {totals['part_acks']:,} multi-part), "
           f"{totals['deletes']:,} deletes; {totals['wrong']} wrong, {totals['stale']} stale, {totals['lost']} lost, "
           f"{totals['phantom']} phantom, {totals['resurrected']} resurrected deletes "
-          f"({totals['undeleted_interval']} interval-mode deletes not yet synced came back, as allowed); "
+          f"({totals['undeleted_interval']} interval-mode deletes not yet synced came back, "
+          f"{totals['cut_deletes']} deletes cut off by the kill took effect, as allowed); "
           f"torn writes: {totals.get('torn_rounds', 0)} rounds, {totals.get('torn_damaged_files', 0)} files damaged, "
           f"{totals.get('torn_wrong', 0)} wrong; slowest restart {totals['restart_s_max']:.2f} s; "
           f"{'PASS' if ok else 'FAIL'}")
