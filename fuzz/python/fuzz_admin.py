@@ -47,10 +47,11 @@ _STATUS = {
               "disk": {"bytes_used": 0, "capacity_bytes": 0}},
     "ops": {"put": 4, "get": 5}, "op_errors": {"put": 0, "get": 1},
     "bytes_in": 1, "bytes_out": 2, "hits": 3, "misses": 4,
-    "evictions": {"dram": 0, "disk": 0}, "connections": 1, "auth_failures": 0, "protocol_errors": 0,
+    "evictions": {"dram": 0, "disk": 0, "dropped": 0}, "connections": 1, "auth_failures": 0, "protocol_errors": 0,
     "rejected_connections": 0, "stalled_connections": 0, "worker_threads": 2,
     "checksum_failures": 0, "corrupt_records": 0, "flush_errors": 0,
     "rdma": {"connections_total": 0, "bytes_in": 0, "bytes_out": 0, "node_checksummed_values": 0},
+    "s3": {"port": 9902, "requests": 3, "errors": 1, "bytes_in": 10, "bytes_out": 20, "connections_total": 1},
     "tenants": {"team-a": _TENANT},
 }
 
