@@ -32,15 +32,17 @@ export TORCH_EXTENSIONS_DIR="$PWD/build/torch-extensions"
 # (scripts/rdma-vm.sh). The guest is emulated and uses about one core for
 # ~16 minutes, while the main suite leaves about half of this machine's CPU
 # idle (it waits on servers, timeouts and restarts), so the guest runs beside
-# it at the lowest priority: it takes what the main suite leaves and never
+# it at the lowest priority: it takes what the main suite leaves and barely
 # slows it. Its packages and boot files are made first, so no apt-get runs
 # while the main suite's own (scripts/fuzz.sh) may. MEMKV_TEST_RDMA=0 skips it.
 guest_pid=
 guest_log=build/rdma-suite.log
+rdma_rc=0
 if [ "${MEMKV_TEST_RDMA:-1}" = 0 ]; then
   echo "RDMA suite skipped (MEMKV_TEST_RDMA=0)"
+elif ! bash scripts/rdma-vm.sh --prepare; then
+  rdma_rc=125  # said why; the main suite still runs
 else
-  bash scripts/rdma-vm.sh --prepare
   python3 -P tests/sglang_harness.py build-extensions 2>&1 | tail -1
   mkdir -p build
   echo "RDMA suite: tests/rdma in a soft-RoCE guest (scripts/rdma-vm.sh), beside the main suite; output in $guest_log"
@@ -48,7 +50,8 @@ else
   nice -n 19 bash scripts/rdma-vm.sh --mem 12288 --timeout 3600 -- python3 -P -m pytest -q -p no:cacheprovider \
     --color=no --durations=5 --confcutdir=tests/rdma tests/rdma >"$guest_log" 2>&1 &
   guest_pid=$!
-  trap '[ -n "$guest_pid" ] && kill -- "$guest_pid" 2>/dev/null' EXIT
+  # Interrupted: stop the guest too (timeout, rdma-vm.sh's child, passes it on to qemu).
+  trap '[ -n "$guest_pid" ] && { pkill -TERM -P "$guest_pid"; kill "$guest_pid"; } 2>/dev/null' EXIT
 fi
 
 # -P: import the installed package, not the source tree in the working directory.
@@ -57,7 +60,6 @@ python3 -P -m pytest -q -p no:cacheprovider --durations=25 "$@"
 host_rc=$?
 set -e
 
-rdma_rc=0
 if [ -n "$guest_pid" ]; then
   echo "RDMA suite (tests/rdma in the soft-RoCE guest):"
   set +e
