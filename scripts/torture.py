@@ -223,7 +223,7 @@ def describe(key: str, log: KeyLog, ledger: "Ledger", data_dir: str | None) -> s
     acks = ", ".join(f"v{v} {how} acked {_clock(t)}" for v, how, t in log.acked)
     facts = (f"acks: {acks or 'none'}; last checkpoint {_clock(ledger.checkpointed_at) if ledger.checkpointed_at else '-'}"
              f", kill {_clock(ledger.killed_at) if ledger.killed_at else '-'}")
-    if data_dir:
+    if data_dir:  # the record's place and header layout: ShardFiles::path_for and encode_header
         digest = hashlib.sha256(key.encode()).hexdigest()
         path = os.path.join(data_dir, "shards", digest[:2], digest[:32])
         try:
@@ -250,10 +250,11 @@ def verify(client: Client, ledger: Ledger, strays: list[str], data_dir: str | No
                 # so a miss is owed nothing once a newer version was attempted;
                 # nor once a delete was sent (the kill may have beaten its answer).
                 superseded = log.versions and log.versions[-1] > log.must_keep
-                if log.must_keep > 0 and not log.delete_sent and not superseded:
-                    out.lost.append(key)
-                elif log.must_keep > 0 and log.delete_sent and not log.deleted_acked and not superseded:
-                    out.cut_deletes += 1
+                if log.must_keep > 0 and not superseded:
+                    if not log.delete_sent:
+                        out.lost.append(key)
+                    elif not log.deleted_acked:
+                        out.cut_deletes += 1
                 log.must_keep = -1  # gone: nothing is owed from now on
                 continue
             out.present += 1
